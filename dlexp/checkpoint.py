@@ -1,0 +1,74 @@
+"""Checkpoint files: written atomically, read back safely (weights_only) with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlexp.errors import DlexpError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temporary file next to `path`, then rename it into place.
+
+    A crash (or a full disk) mid-write leaves the previous file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def find_checkpoint(run: str | Path, which: str = "last") -> Path:
+    """A checkpoint file itself, or `checkpoints/<which>.pt` inside a run folder."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        raise DlexpError(
+            f"no checkpoint at {path}. Give a run folder (one that holds checkpoints/{which}.pt, "
+            "e.g. outputs/runs/<time>_<model>_<data>) or the path of a .pt checkpoint file."
+        )
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a file that carries pickled code is refused, not run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DlexpError(
+            f"{path} is not a readable dlexp checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). It may be truncated, from "
+            "another program, or hold pickled objects that are refused for safety; use a "
+            "checkpoint written by dlexp (checkpoints/last.pt or best.pt in a run folder)."
+        ) from err
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise DlexpError(
+            f"{path} is not a dlexp checkpoint (it lacks the model weights and config that "
+            "dlexp writes); use checkpoints/last.pt or best.pt from a dlexp run folder."
+        )
+    return state

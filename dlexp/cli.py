@@ -1,0 +1,191 @@
+"""`dlexp <command> [overrides]`: thin shells around plain functions.
+
+Heavy imports (torch, hydra) happen inside the commands so that `dlexp --help` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+USAGE = """usage: dlexp <command> [key=value ...]
+
+Deep-learning experiments from the command line: Hydra configs, one trainer, TensorBoard.
+
+commands:
+  train    train a model: dlexp train model=cnn data=mnist trainer.epochs=3
+           sweeps with -m: dlexp train -m optimizer.lr=1e-4,1e-3,1e-2
+           config groups and options: dlexp train --help
+  eval     score a finished run on its test split: dlexp eval run=<run folder or .pt> [ckpt=best]
+  data     list the data sets, whether their files are present and how to get them
+
+Runs land in outputs/ (see them with: tensorboard --logdir outputs).
+"""
+
+
+def config_dir() -> Path:
+    """The configs shipped in the wheel, or the repo's top-level configs/ in a source checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"dlexp: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def parse_pairs(args: list[str], allowed: dict[str, str], command: str) -> dict[str, str]:
+    """key=value arguments of the non-Hydra commands, checked against `allowed`."""
+    out = dict(allowed)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            fail(
+                f"`dlexp {command}` does not take {arg!r}; it takes "
+                + ", ".join(f"{k}=..." for k in allowed)
+                + f" (see dlexp {command} --help)."
+            )
+        out[key] = value
+    return out
+
+
+def cmd_train(args: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from dlexp.errors import user_error
+    from dlexp.train import train
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+    def main(cfg) -> float | None:
+        try:
+            metrics = train(cfg)
+        except Exception as exc:
+            err = user_error(exc)
+            if err is None:
+                raise
+            if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not stop a sweep
+                print(f"dlexp: job failed: {err}", file=sys.stderr)
+                return None
+            fail(str(err))
+        return metrics.get(cfg.get("objective", ""))
+
+    sys.argv = ["dlexp train", *args]
+    main()
+
+
+EVAL_HELP = """usage: dlexp eval run=<run folder or checkpoint .pt> [ckpt=last|best] [device=auto|cpu|cuda|mps]
+
+Rebuilds the run's data and model from the config stored in its checkpoint and prints the test
+metrics, named as training reported them (test/acc, test/loss, ...).
+"""
+
+
+def cmd_eval(args: list[str]) -> None:
+    if "-h" in args or "--help" in args:
+        print(EVAL_HELP)
+        return
+    opts = parse_pairs(args, {"run": "", "ckpt": "last", "device": "auto"}, "eval")
+    if not opts["run"]:
+        fail(
+            "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
+        )
+    import logging
+
+    from dlexp.errors import user_error
+    from dlexp.evaluate import evaluate
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("dlexp").setLevel(logging.INFO)
+    try:
+        evaluate(opts["run"], opts["ckpt"], opts["device"])
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
+        fail(str(err))
+
+
+DATA_HELP = """usage: dlexp data [root=<data folder>]
+
+Lists every data set: whether its files are under the data root (default ./data, or the
+DLEXP_DATA environment variable), where they are expected, and how to get them.
+"""
+
+
+def cmd_data(args: list[str]) -> None:
+    if "-h" in args or "--help" in args:
+        print(DATA_HELP)
+        return
+    opts = parse_pairs(args, {"root": os.environ.get("DLEXP_DATA", "./data")}, "data")
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlexp.data.images import expected_files
+
+    table = Table(title=f"data sets (root: {Path(opts['root']).resolve()})")
+    for col in ("data", "what", "status", "expected in", "how to get it"):
+        table.add_column(col)
+    for path in sorted((config_dir() / "data").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        about = path.read_text().splitlines()[0].lstrip("# ")
+        if cfg.source._target_.startswith("dlexp.data.tabular"):
+            table.add_row(
+                path.stem, about, "[green]built in", "-", "generated or shipped with scikit-learn"
+            )
+            continue
+        folder, files = expected_files(cfg.name, opts["root"], cfg.source.get("split", "letters"))
+        missing = [f for f in files if not (folder / f).is_file()]
+        status = "[green]present" if not missing else f"[red]missing {len(missing)} of {len(files)}"
+        how = f"data.download=true (online), or copy {', '.join(files[:2])}{' ...' if len(files) > 2 else ''} there"
+        table.add_row(path.stem, about, status, str(folder), how)
+    Console(width=max(Console().width, 160)).print(table)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        from dlexp import __version__
+
+        print(f"dlexp {__version__}")
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see dlexp --help).")
+    command(argv[1:])
+
+
+def run() -> None:
+    """Console entry point: main(), then exit without the interpreter's teardown.
+
+    Tearing down torch's (and dynamo's) thousands of modules takes about a second after the
+    work is done; everything we write is closed or flushed before os._exit.
+    """
+    import logging
+
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, int | None):
+            print(exit_.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

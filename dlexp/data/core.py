@@ -1,0 +1,192 @@
+"""Tensors, metadata, splitting and batching shared by every data set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dlexp.errors import DlexpError
+
+
+@dataclass
+class DataMeta:
+    name: str
+    kind: str  # "tabular" or "image"
+    input_shape: tuple[int, ...]  # (features,) or (channels, height, width)
+    num_classes: int  # 0 for regression
+    class_names: list[str] = field(default_factory=list)
+    # Per-channel statistics of the training images in [0, 1] units (images only).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, C, H, W) images or float32 (N, F) features
+    y: torch.Tensor  # int64 class indices or float32 (N, 1) targets
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: torch.Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+
+
+@dataclass
+class Raw:
+    """What a loader returns: the data set's own train (and test, if it has one) split."""
+
+    train: Split
+    test: Split | None
+    meta: DataMeta
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    meta: DataMeta
+    augment: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> Data:
+        return replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
+
+    def batches(
+        self,
+        split: Split,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        train: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ready-to-use (x, y) batches; shuffled when a generator is given.
+
+        The permutation is drawn on the CPU from `generator` so that the data order depends on
+        the seed and the epoch alone (and a resumed run sees the same order).
+        """
+        n = len(split)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        if order is not None:
+            order = order.to(split.x.device)
+        for start in range(0, n, batch_size):
+            if order is None:
+                x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+            else:
+                idx = order[start : start + batch_size]
+                x, y = split.x[idx], split.y[idx]
+            yield self.prepare(x, train), y
+
+    def prepare(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """uint8 images -> normalised float (plus augmentation when training); features pass."""
+        if self.meta.kind != "image":
+            return x
+        mean = torch.tensor(self.meta.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.meta.std, device=x.device).view(1, -1, 1, 1)
+        x = (x.float() * (1.0 / 255) - mean) / std
+        if train and self.augment:
+            x = augment(x, **self.augment)
+        return x
+
+
+def augment(
+    x: torch.Tensor, hflip: bool = False, shift: int = 0, noise: float = 0.0
+) -> torch.Tensor:
+    """Batch-wise augmentation on the device: random flips, shifts (zero padded), noise."""
+    if hflip:
+        flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(flip, x.flip(-1), x)
+    if shift:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (shift, shift, shift, shift))
+        dy = torch.randint(0, 2 * shift + 1, (b, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * shift + 1, (b, 1, 1), device=x.device)
+        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
+        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
+        batch = torch.arange(b, device=x.device).view(b, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if noise:
+        x = x + noise * torch.randn_like(x)
+    return x
+
+
+def _split(
+    y: torch.Tensor, fraction: float, seed: int, stratify: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out), round(fraction * n) held out, each class in proportion."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=gen)
+    order = perm
+    if stratify:
+        # Spread each class evenly over [0, 1) and sort by that position: any prefix of the
+        # order then holds every class in proportion (ties broken by the random permutation).
+        yp = y[perm]
+        position = torch.empty(len(y))
+        for c in yp.unique():
+            where = torch.nonzero(yp == c).flatten()
+            position[where] = torch.arange(len(where)) / len(where)
+        order = perm[torch.sort(position, stable=True).indices]
+    n_hold = round(fraction * len(y))
+    hold, keep = order[:n_hold], order[n_hold:]
+    return keep[torch.randperm(len(keep), generator=gen)], hold
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in x.split(4096):
+        chunk = chunk.to(torch.float64).div_(255)
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.pow(2).sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _check_fraction(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise DlexpError(
+            f"data.{key}={value} is out of range: it is the fraction of samples held out and "
+            f"must be at least 0 and below 1 (e.g. data.{key}=0.1)."
+        )
+
+
+def load_data(cfg: DictConfig, seed: int) -> Data:
+    """Load the data set named by `cfg` (a `data` config) and split it into train/val/test."""
+    _check_fraction("val_fraction", cfg.val_fraction)
+    raw: Raw = instantiate(cfg.source)
+    meta = raw.meta
+    classify = meta.num_classes > 0
+    train, test = raw.train, raw.test
+    if test is None:  # tabular sets: hold out a test split first
+        _check_fraction("test_fraction", cfg.test_fraction)
+        keep, hold = _split(train.y, cfg.test_fraction, seed, classify)
+        train, test = train.take(keep), train.take(hold)
+    keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
+    train, val = train.take(keep), train.take(hold)
+
+    if cfg.get("subset"):
+        gen = torch.Generator().manual_seed(seed)
+        train, val, test = (
+            s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
+        )
+
+    if meta.kind == "image":
+        meta.mean, meta.std = _channel_stats(train.x)
+    elif cfg.get("standardize"):
+        mu, sigma = train.x.mean(0), train.x.std(0).clamp_min(1e-8)
+        train, val, test = (Split((s.x - mu) / sigma, s.y) for s in (train, val, test))
+    augment = {k: v for k, v in (cfg.get("augment") or {}).items() if v}
+    return Data(train, val, test, meta, augment)

@@ -1,0 +1,175 @@
+"""Image data sets read with torchvision's own classes, decoded once into uint8 tensors.
+
+torchvision decodes each file format for us (IDX for the MNIST family, CIFAR's pickled
+batches, STL-10's binaries); we take its whole-array `.data`/`.targets` and never go through
+per-sample `__getitem__`. CIFAR-10 and STL-10 are subclassed only to check that the files
+exist rather than re-hashing hundreds of megabytes on every run (the download itself is still
+verified by its archive checksum).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets
+
+from dlexp.data.core import DataMeta, Raw, Split
+from dlexp.errors import DlexpError
+
+_MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def expected_files(name: str, root: str | Path, split: str = "letters") -> tuple[Path, list[str]]:
+    """The folder a data set's files must be in, and their names."""
+    root = Path(root).expanduser().resolve()
+    if name in ("mnist", "fashion_mnist"):
+        return root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw", _MNIST_FILES
+    if name == "emnist":
+        return root / "EMNIST" / "raw", [
+            f"emnist-{split}-{part}-{kind}-ubyte"
+            for part in ("train", "test")
+            for kind in ("images-idx3", "labels-idx1")
+        ]
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+        return root / "cifar-10-batches-py", files
+    if name == "stl10":
+        return root / "stl10_binary", ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
+    raise ValueError(f"no file layout known for data set {name!r}")
+
+
+_SOURCES = {
+    "mnist": "torchvision's MNIST mirrors (the four uncompressed IDX files)",
+    "fashion_mnist": "github.com/zalandoresearch/fashion-mnist (the four uncompressed IDX files)",
+    "emnist": "biometrics.nist.gov/cs_links/EMNIST/gzip.zip (the uncompressed IDX files of the split)",
+    "cifar10": "www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extracted)",
+    "stl10": "ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz (extracted)",
+}
+
+
+def _open(name: str, make, root: str, download: bool, split: str = "letters"):
+    """Build the torchvision data set, turning 'not found' and read errors into clear messages."""
+    folder, files = expected_files(name, root, split)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and not download:
+        raise DlexpError(
+            f"data={name}: {len(missing)} file(s) missing in {folder} ({', '.join(missing)}). "
+            f"Download them with `dlexp train data={name} data.download=true` (needs internet), "
+            f"or place the files from {_SOURCES[name]} in that folder, or point data.root= "
+            f"(or the DLEXP_DATA environment variable) at the folder that holds them. "
+            f"`dlexp data` lists every data set and where it is expected."
+        )
+    try:
+        return make(str(Path(root).expanduser().resolve()))
+    except DlexpError:
+        raise
+    except Exception as err:
+        if missing:  # download was asked for and failed
+            raise DlexpError(
+                f"data={name}: could not download into {folder} ({type(err).__name__}: {err}). "
+                f"Without internet, place the files from {_SOURCES[name]} there by hand."
+            ) from err
+        raise DlexpError(
+            f"data={name}: could not read the files in {folder} ({type(err).__name__}: {err}). "
+            f"A file there is probably truncated or corrupt; nothing was deleted. Replace it "
+            f"(or move the folder away and run with data.download=true)."
+        ) from err
+
+
+def _mnist_like(name: str, cls, root: str, download: bool) -> Raw:
+    def make(r: str):
+        return cls(r, train=True, download=download), cls(r, train=False, download=False)
+
+    train, test = _open(name, make, root, download)
+    meta = DataMeta(name, "image", (1, 28, 28), len(train.classes), list(train.classes))
+    return Raw(
+        Split(train.data.unsqueeze(1), train.targets),
+        Split(test.data.unsqueeze(1), test.targets),
+        meta,
+    )
+
+
+def mnist(root: str, download: bool = False) -> Raw:
+    return _mnist_like("mnist", datasets.MNIST, root, download)
+
+
+def fashion_mnist(root: str, download: bool = False) -> Raw:
+    return _mnist_like("fashion_mnist", datasets.FashionMNIST, root, download)
+
+
+def emnist(root: str, download: bool = False, split: str = "letters") -> Raw:
+    if split not in datasets.EMNIST.splits:
+        raise DlexpError(
+            f"data.source.split={split!r} is not an EMNIST split; use one of "
+            f"{', '.join(datasets.EMNIST.splits)}."
+        )
+
+    def make(r: str):
+        return (
+            datasets.EMNIST(r, split=split, train=True, download=download),
+            datasets.EMNIST(r, split=split, train=False, download=False),
+        )
+
+    train, test = _open("emnist", make, root, download, split)
+    classes = list(train.classes)
+    # The letters split labels a..z as 1..26 with an empty "N/A" class 0: shift to 0..25.
+    offset = 1 if classes[0] == "N/A" else 0
+    classes = classes[offset:]
+
+    def upright(ds) -> Split:  # EMNIST's images are stored transposed
+        return Split(ds.data.transpose(1, 2).unsqueeze(1).contiguous(), ds.targets - offset)
+
+    meta = DataMeta("emnist", "image", (1, 28, 28), len(classes), classes)
+    return Raw(upright(train), upright(test), meta)
+
+
+class _CIFAR10(datasets.CIFAR10):
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root) / self.base_folder
+        return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
+
+
+def cifar10(root: str, download: bool = False) -> Raw:
+    def make(r: str):
+        return _CIFAR10(r, train=True, download=download), _CIFAR10(r, train=False)
+
+    train, test = _open("cifar10", make, root, download)
+
+    def split(ds) -> Split:  # torchvision keeps CIFAR as HWC numpy arrays
+        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        return Split(x, torch.tensor(ds.targets, dtype=torch.long))
+
+    meta = DataMeta("cifar10", "image", (3, 32, 32), len(train.classes), list(train.classes))
+    return Raw(split(train), split(test), meta)
+
+
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+class _STL10(datasets.STL10):
+    def _check_integrity(self) -> bool:  # the labelled part only; unlabeled_X.bin is 2.6 GB
+        folder = Path(self.root) / self.base_folder
+        return all((folder / f).is_file() for f, _ in self.train_list[:2] + self.test_list)
+
+
+def stl10(root: str, download: bool = False) -> Raw:
+    def make(r: str):
+        return _STL10(r, split="train", download=download), _STL10(r, split="test")
+
+    train, test = _open("stl10", make, root, download)
+
+    def split(ds) -> Split:
+        x = torch.from_numpy(np.ascontiguousarray(ds.data))
+        return Split(x, torch.from_numpy(ds.labels.astype(np.int64)))
+
+    classes = list(getattr(train, "classes", None) or STL10_CLASSES)
+    return Raw(split(train), split(test), DataMeta("stl10", "image", (3, 96, 96), 10, classes))

@@ -1,0 +1,92 @@
+"""Convolutional net: conv blocks from a list, then a fully connected head sized by a dry run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from dlexp.errors import DlexpError
+from dlexp.models.layers import init_weights, make_activation
+
+
+def conv_block(
+    in_ch: int, spec: Mapping, activation: str, batch_norm: bool, dropout: float
+) -> nn.Sequential:
+    """Conv2d -> [BatchNorm2d] -> activation -> [max/avg pool] -> [Dropout2d]."""
+    out_ch = spec["channels"]
+    layers: list[nn.Module] = [
+        nn.Conv2d(
+            in_ch,
+            out_ch,
+            spec.get("kernel", 3),
+            stride=spec.get("stride", 1),
+            padding=spec.get("padding", 0),
+        )
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    layers.append(make_activation(activation))
+    pool = spec.get("pool")
+    if pool not in (None, "max", "avg"):
+        raise DlexpError(f"model.blocks: pool={pool!r} is not known; use max, avg or null.")
+    if pool:
+        size = spec.get("pool_size", 2)
+        layers.append(nn.MaxPool2d(size) if pool == "max" else nn.AvgPool2d(size))
+    if dropout:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+class CNN(nn.Module):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int,
+        blocks: list[Mapping] = (),
+        head: list[int] = (50,),
+        activation: str = "relu",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        conv_dropout: float = 0.0,
+        init: str = "default",
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise DlexpError(
+                f"model=cnn needs images (channels, height, width), but this data set is tabular "
+                f"with {input_shape[0]} feature(s). Use model=ann for tabular data, or an image "
+                "data set (data=mnist, fashion_mnist, emnist, cifar10 or stl10)."
+            )
+        convs, ch = [], input_shape[0]
+        for spec in blocks:
+            convs.append(conv_block(ch, spec, activation, batch_norm, conv_dropout))
+            ch = spec["channels"]
+        self.features = nn.Sequential(*convs)
+        # Size the head by running one dummy image through the conv blocks.
+        with torch.no_grad():
+            try:
+                flat = self.features(torch.zeros(1, *input_shape)).numel()
+            except RuntimeError as err:
+                raise DlexpError(
+                    f"model.blocks shrink the {input_shape[1]}x{input_shape[2]} input to nothing "
+                    f"({err}). Use fewer blocks, smaller kernels or pools, or more padding."
+                ) from err
+        head_layers: list[nn.Module] = [nn.Flatten()]
+        width = flat
+        for size in head:
+            head_layers.append(nn.Linear(width, size))
+            if batch_norm:
+                head_layers.append(nn.BatchNorm1d(size))
+            head_layers.append(make_activation(activation))
+            if dropout:
+                head_layers.append(nn.Dropout(dropout))
+            width = size
+        head_layers.append(nn.Linear(width, num_outputs))
+        self.head = nn.Sequential(*head_layers)
+        init_weights(self, init, init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

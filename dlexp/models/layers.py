@@ -1,0 +1,44 @@
+"""Small pieces shared by the models: activations by name and weight initialisation."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dlexp.errors import DlexpError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "relu6": nn.ReLU6,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+}
+INITS = ("default", "xavier", "kaiming", "normal")
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise DlexpError(
+            f"model.activation={name!r} is not known; use one of {', '.join(ACTIVATIONS)}."
+        )
+    return ACTIVATIONS[name]()
+
+
+def init_weights(model: nn.Module, scheme: str, std: float = 0.01) -> None:
+    """Re-initialise Linear and Conv weights (biases to zero) unless scheme is 'default'."""
+    if scheme not in INITS:
+        raise DlexpError(f"model.init={scheme!r} is not known; use one of {', '.join(INITS)}.")
+    if scheme == "default":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            if scheme == "xavier":
+                nn.init.xavier_normal_(m.weight)
+            elif scheme == "kaiming":
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,41 @@
+"""Feed-forward net: Linear -> [BatchNorm] -> activation -> [Dropout], repeated, then a Linear out."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dlexp.models.layers import init_weights, make_activation
+
+
+class MLP(nn.Module):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int,
+        hidden: list[int] = (64, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        init: str = "default",
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in hidden:
+            layers.append(nn.Linear(width, size))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(make_activation(activation))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_outputs))
+        self.net = nn.Sequential(*layers)
+        init_weights(self, init, init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,34 @@
+"""What one training step means: the loss, the metrics and the task's TensorBoard extras.
+
+A task turns model outputs into a loss and into metric *sums* (tensors that stay on the
+device); the trainer adds the sums over an epoch and asks the task to turn them into numbers
+once per epoch, so there is no host sync per step.
+"""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dlexp.data import DataMeta
+from dlexp.errors import DlexpError
+from dlexp.tasks.classification import Classification
+from dlexp.tasks.regression import Regression
+
+TASKS = ("classification", "regression")
+
+
+def build_task(
+    name: str, meta: DataMeta, loss_cfg: DictConfig | None
+) -> Classification | Regression:
+    loss = instantiate(loss_cfg) if loss_cfg else None
+    if name == "classification":
+        if meta.num_classes < 2:
+            raise DlexpError(
+                f"data={meta.name} has no classes, so it cannot be a classification task; "
+                "use data.task=regression."
+            )
+        return Classification(meta.num_classes, meta.class_names, loss)
+    if name == "regression":
+        return Regression(loss)
+    raise DlexpError(f"data.task={name!r} is not known; use one of {', '.join(TASKS)}.")

@@ -1,0 +1,42 @@
+"""Regression: MSE by default; reports the Pearson correlation of predictions and targets too."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Regression:
+    monitor, mode = "loss", "min"
+    num_outputs = 1
+
+    def __init__(self, loss: nn.Module | None = None):
+        self.loss_fn = loss or nn.MSELoss()
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(out, y.view_as(out).to(out.dtype))
+
+    def sums(
+        self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        p, t = out.detach().float().flatten(), y.float().flatten()
+        return {
+            "loss": loss.detach().float() * len(y),
+            "p": p.sum(),
+            "t": t.sum(),
+            "pp": (p * p).sum(),
+            "tt": (t * t).sum(),
+            "pt": (p * t).sum(),
+        }
+
+    def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        s = dict(zip(sums, torch.stack([v.double() for v in sums.values()]).tolist(), strict=True))
+        n = max(count, 1)
+        cov = s["pt"] / n - s["p"] * s["t"] / n**2
+        var_p = s["pp"] / n - (s["p"] / n) ** 2
+        var_t = s["tt"] / n - (s["t"] / n) ** 2
+        corr = cov / (var_p * var_t) ** 0.5 if var_p > 0 and var_t > 0 else 0.0
+        return {"loss": s["loss"] / n, "corr": corr}
+
+    def final_report(self, writer, outputs: torch.Tensor, targets: torch.Tensor, step: int) -> None:
+        pass

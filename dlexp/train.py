@@ -1,0 +1,186 @@
+"""`train(cfg)`: build data, task, model and optimizer from a composed config, then fit."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp.data import load_data
+from dlexp.errors import DlexpError
+from dlexp.models import build_model
+from dlexp.tasks import build_task
+from dlexp.trainer import Trainer, pick_device, write_metrics
+
+log = logging.getLogger("dlexp")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# (key, test, what would work) for the values that have a valid range.
+_CHECKS = [
+    ("seed", lambda v: isinstance(v, int), "an integer, e.g. seed=1"),
+    (
+        "trainer.epochs",
+        lambda v: isinstance(v, int) and v >= 1,
+        "a whole number >= 1, e.g. trainer.epochs=5",
+    ),
+    (
+        "data.batch_size",
+        lambda v: isinstance(v, int) and v >= 1,
+        "a whole number >= 1, e.g. data.batch_size=32",
+    ),
+    ("data.eval_batch_size", lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    (
+        "optimizer.lr",
+        lambda v: isinstance(v, int | float) and v > 0,
+        "a positive number, e.g. optimizer.lr=0.001",
+    ),
+    (
+        "trainer.precision",
+        lambda v: v in ("auto", "fp32", "bf16", "fp16"),
+        "auto, fp32, bf16 or fp16",
+    ),
+    ("trainer.progress", lambda v: v in ("auto", "bar", "log", "none"), "auto, bar, log or none"),
+    (
+        "device.type",
+        lambda v: v in ("auto", "cpu", "cuda", "mps") or str(v).startswith("cuda:"),
+        "auto, cpu, cuda (or cuda:N) or mps",
+    ),
+]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse out-of-range or mistyped values before any work starts."""
+    for key, ok, hint in _CHECKS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (ok(value) and not isinstance(value, bool)):
+            raise DlexpError(f"{key}={value!r} is not valid: it must be {hint}.")
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    device = pick_device(cfg.type)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DlexpError(
+            f"device={cfg.type} but no CUDA GPU is visible; use device=auto or device=cpu."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DlexpError(
+            "device=mps but Apple's MPS backend is not available; use device=auto or device=cpu."
+        )
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
+    """The scheduler (or None) and whether it steps per `epoch` or per `step`."""
+    if cfg.get("_target_") is None:
+        return None, "epoch"
+    node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "interval"])
+    extra = {"total_steps": total_steps} if cfg._target_.endswith("OneCycleLR") else {}
+    return instantiate(node, optimizer, **extra), cfg.get("interval", "epoch")
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    """Outside the CLI (tests, notebooks) runs land in <out_root>/runs/<time>_<model>_<data>."""
+    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    base = Path(cfg.out_root) / "runs" / f"{stamp}_{model}_{cfg.data.name}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """What the HParams tab compares runs by: the group choices, the overrides, key settings."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        out.update({k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")})
+        for override in hc.overrides.task:
+            key, _, value = override.partition("=")
+            out[key.lstrip("+~")] = value
+    for key in ("optimizer.lr", "data.batch_size", "trainer.epochs", "seed"):
+        out.setdefault(key, OmegaConf.select(cfg, key))
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in out.items()}
+
+
+def build(cfg: DictConfig, device: torch.device):
+    """Data (on the device), task and model for a config; shared by train and eval."""
+    data = load_data(cfg.data, cfg.seed).to(device)
+    task = build_task(cfg.data.task, data.meta, cfg.get("loss"))
+    torch.manual_seed(cfg.seed)  # the same initial weights whatever the data loading did
+    model = build_model(cfg.model, data.meta, task.num_outputs)
+    return data, task, model
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train the configured model; returns the final metrics (also in <run_dir>/metrics.json)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    check_config(cfg)
+    run_dir = Path(run_dir or hydra_run_dir() or default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data, task, model = build(cfg, device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.optimizer, params=params)
+    steps = math.ceil(len(data.train) / cfg.data.batch_size) * cfg.trainer.epochs
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps)
+    n_params = sum(p.numel() for p in params)
+    log.info(
+        f"{type(model).__name__} ({n_params:,} parameters) on {data.meta.name}: "
+        f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test samples, "
+        f"device {device}"
+    )
+
+    writer = SummaryWriter(str(run_dir))
+    try:
+        trainer = Trainer(
+            cfg.trainer, device, run_dir, cfg.seed, writer, OmegaConf.to_yaml(cfg, resolve=True)
+        )
+        metrics = trainer.fit(
+            task,
+            model,
+            data,
+            optimizer,
+            scheduler,
+            interval,
+            cfg.data.batch_size,
+            cfg.data.eval_batch_size,
+            hparams_of(cfg),
+        )
+    finally:
+        writer.close()
+    metrics["status"] = "completed"
+    write_metrics(run_dir, metrics)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
+    log.info(f"final {shown}")
+    log.info(f"run saved in {run_dir}")
+    return metrics
