@@ -96,9 +96,11 @@ def cmd_eval(args: list[str]) -> None:
 
     from dlexp.errors import user_error
     from dlexp.evaluate import evaluate
+    from dlexp.progress import console_handler
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("dlexp").setLevel(logging.INFO)
+    logger = logging.getLogger("dlexp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(console_handler())
     try:
         evaluate(opts["run"], opts["ckpt"], opts["device"])
     except Exception as exc:
@@ -121,28 +123,24 @@ def cmd_data(args: list[str]) -> None:
         return
     opts = parse_pairs(args, {"root": os.environ.get("DLEXP_DATA", "./data")}, "data")
     from omegaconf import OmegaConf
-    from rich.console import Console
-    from rich.table import Table
 
     from dlexp.data.images import expected_files
 
-    table = Table(title=f"data sets (root: {Path(opts['root']).resolve()})")
-    for col in ("data", "what", "status", "expected in", "how to get it"):
-        table.add_column(col)
+    print(f"data sets under {Path(opts['root']).resolve()} (change with root= or DLEXP_DATA)\n")
     for path in sorted((config_dir() / "data").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         about = path.read_text().splitlines()[0].lstrip("# ")
         if cfg.source._target_.startswith("dlexp.data.tabular"):
-            table.add_row(
-                path.stem, about, "[green]built in", "-", "generated or shipped with scikit-learn"
-            )
+            print(f"  {path.stem:<14} {'built in':<14} {about}")
             continue
         folder, files = expected_files(cfg.name, opts["root"], cfg.source.get("split", "letters"))
         missing = [f for f in files if not (folder / f).is_file()]
-        status = "[green]present" if not missing else f"[red]missing {len(missing)} of {len(files)}"
-        how = f"data.download=true (online), or copy {', '.join(files[:2])}{' ...' if len(files) > 2 else ''} there"
-        table.add_row(path.stem, about, status, str(folder), how)
-    Console(width=max(Console().width, 160)).print(table)
+        status = "present" if not missing else f"missing {len(missing)} of {len(files)}"
+        print(f"  {path.stem:<14} {status:<14} {about}")
+        print(f"  {'':<14} {'expected in':<14} {folder}")
+        if missing:
+            print(f"  {'':<14} {'to get them':<14} dlexp train data={path.stem} data.download=true")
+            print(f"  {'':<14} {'':<14} (online), or copy {', '.join(missing)} there")
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}

@@ -91,9 +91,10 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     """The scheduler (or None) and whether it steps per `epoch` or per `step`."""
     if cfg.get("_target_") is None:
         return None, "epoch"
-    node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "interval"])
+    node = OmegaConf.to_container(cfg, resolve=True)
+    interval = node.pop("interval", "epoch")
     extra = {"total_steps": total_steps} if cfg._target_.endswith("OneCycleLR") else {}
-    return instantiate(node, optimizer, **extra), cfg.get("interval", "epoch")
+    return instantiate(node, optimizer, **extra), interval
 
 
 def default_run_dir(cfg: DictConfig) -> Path:

@@ -1,0 +1,92 @@
+"""Shared fixtures: generated data sets in torchvision's formats, composed configs, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import fake_data
+from dlexp.cli import config_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One data root holding every image data set, small, in the real on-disk formats."""
+    root = tmp_path_factory.mktemp("data")
+    fake_data.mnist_root(root, "MNIST")
+    fake_data.mnist_root(root, "FashionMNIST")
+    fake_data.emnist_root(root, "letters")
+    fake_data.emnist_root(root, "digits")
+    fake_data.cifar10_root(root)
+    fake_data.stl10_root(root)
+    return root
+
+
+@pytest.fixture
+def env(tmp_path, data_root, monkeypatch) -> dict[str, str]:
+    """Environment for runs: outputs in a temporary folder, data from the generated root."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("DLEXP_OUTPUTS", str(out))
+    monkeypatch.setenv("DLEXP_DATA", str(data_root))
+    return {**os.environ, "DLEXP_OUTPUTS": str(out), "DLEXP_DATA": str(data_root)}
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The config `dlexp train <overrides>` would run (quiet progress)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=["trainer.progress=none", *overrides])
+
+
+def dlexp(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: int = 300):
+    """Run the real `dlexp` command in a subprocess; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dlexp", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run folder's TensorBoard event files: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def read_tags(run_dir: Path) -> dict[str, list[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+def read_hparams(run_dir: Path) -> tuple[dict[str, object], list[str]]:
+    """The HParams plugin's records in a run folder: (hyperparameters, metric tags)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    hparams = {}
+    for key, value in start.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        hparams[key] = getattr(value, kind)
+    metrics = [m.name.tag for m in exp.experiment.metric_infos]
+    return hparams, metrics

@@ -1,0 +1,128 @@
+"""Data loading: torchvision's readers on generated files, orientation, labels, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fake_data
+from conftest import make_cfg
+from dlexp.data import load_data
+from dlexp.data.core import _split, augment
+from dlexp.data.images import cifar10, emnist, mnist, stl10
+from dlexp.errors import DlexpError
+
+
+def test_mnist_reads_idx_files(data_root):
+    raw = mnist(str(data_root))
+    x, y = fake_data.images(200, 10, 1, 28, seed=0)
+    assert raw.train.x.dtype == torch.uint8 and raw.train.x.shape == (200, 1, 28, 28)
+    assert torch.equal(raw.train.x, torch.from_numpy(x))
+    assert torch.equal(raw.train.y, torch.from_numpy(y))
+    assert raw.meta.num_classes == 10 and raw.meta.input_shape == (1, 28, 28)
+
+
+def test_emnist_letters_are_upright_and_zero_based(data_root):
+    raw = emnist(str(data_root), split="letters")
+    x, y = fake_data.images(260, 26, 1, 28, seed=2)  # what was drawn before transposing
+    assert torch.equal(raw.train.x, torch.from_numpy(x))
+    assert torch.equal(raw.train.y, torch.from_numpy(y))
+    assert raw.meta.num_classes == 26
+    assert raw.meta.class_names[:3] == ["a", "b", "c"] and "N/A" not in raw.meta.class_names
+
+
+def test_cifar10_and_stl10_are_channels_first_and_upright(data_root):
+    raw = cifar10(str(data_root))
+    x, y = fake_data.images(40, 10, 3, 32, seed=10)
+    assert raw.train.x.shape == (200, 3, 32, 32)
+    assert torch.equal(raw.train.x[:40], torch.from_numpy(x))
+    assert raw.meta.class_names[1] == "automobile"
+    raw = stl10(str(data_root))
+    x, y = fake_data.images(50, 10, 3, 96, seed=20)
+    assert torch.equal(raw.train.x, torch.from_numpy(x))
+    assert torch.equal(raw.train.y, torch.from_numpy(y))  # files hold 1..10
+
+
+def test_missing_data_offline_names_files_and_remedy(tmp_path):
+    with pytest.raises(DlexpError) as err:
+        mnist(str(tmp_path))
+    msg = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg
+    assert "train-images-idx3-ubyte" in msg and "data.download=true" in msg
+
+
+def test_truncated_file_is_named_and_kept(tmp_path):
+    fake_data.mnist_root(tmp_path)
+    bad = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(DlexpError, match="truncated or corrupt"):
+        mnist(str(tmp_path))
+    assert bad.stat().st_size == 1000  # nothing deleted
+
+
+def test_stratified_split_keeps_class_proportions():
+    y = torch.tensor([0] * 80 + [1] * 20)
+    keep, hold = _split(y, 0.25, seed=0, stratify=True)
+    assert len(hold) == 25 and len(keep) == 75
+    assert (y[hold] == 1).sum() == 5
+    assert sorted(torch.cat([keep, hold]).tolist()) == list(range(100))
+    again_keep, again_hold = _split(y, 0.25, seed=0, stratify=True)
+    assert torch.equal(hold, again_hold) and torch.equal(keep, again_keep)
+
+
+def test_load_data_splits_normalises_and_caps(env):
+    cfg = make_cfg("data=mnist", "data.val_fraction=0.2")
+    data = load_data(cfg.data, seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (160, 40, 100)
+    xb, yb = next(data.batches(data.train, 64))
+    assert xb.dtype == torch.float32 and xb.shape == (64, 1, 28, 28)
+    # Normalised with the training split's statistics: about zero mean, unit variance.
+    full = data.prepare(data.train.x)
+    assert abs(full.mean().item()) < 1e-3 and abs(full.std().item() - 1) < 1e-2
+    capped = load_data(make_cfg("data=mnist", "data.subset=30").data, seed=0)
+    assert (len(capped.train), len(capped.val), len(capped.test)) == (30, 20, 30)
+
+
+def test_iris_is_standardised_from_training_split(env):
+    data = load_data(make_cfg().data, seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (108, 12, 30)
+    assert torch.allclose(data.train.x.mean(0), torch.zeros(4), atol=1e-5)
+    assert data.meta.class_names == ["setosa", "versicolor", "virginica"]
+
+
+def test_qwerties_and_regression_toys(env):
+    q = load_data(make_cfg("data=qwerties", "data.source.n_per_class=50").data, seed=0)
+    assert q.meta.num_classes == 2 and len(q.train) + len(q.val) + len(q.test) == 100
+    three = make_cfg("data=qwerties", "data.source.centers=[[0,0],[4,0],[0,4]]")
+    assert load_data(three.data, seed=0).meta.num_classes == 3
+    r = load_data(make_cfg("data=regression", "data.source.n=200").data, seed=0)
+    assert r.meta.num_classes == 0 and r.train.y.shape[1] == 1
+    slope = (r.train.x * r.train.y).sum() / (r.train.x**2).sum()
+    assert abs(slope.item() - 1.0) < 0.15
+
+
+def test_batches_cover_the_split_once_in_seeded_order(env):
+    data = load_data(make_cfg().data, seed=0)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    ys = torch.cat([y for _, y in data.batches(data.train, 10, gen())])
+    assert len(ys) == len(data.train)
+    assert torch.equal(ys, torch.cat([y for _, y in data.batches(data.train, 10, gen())]))
+    assert not torch.equal(ys, data.train.y)  # shuffled
+
+
+def test_augment_flips_and_shifts_whole_batches():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    torch.manual_seed(0)
+    flipped = augment(x, hflip=True)
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+    shifted = augment(x, shift=1)
+    assert shifted.shape == x.shape
+    # every output row is a (possibly zero-padded) shifted copy of the input's pixels
+    assert set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_fake_images_are_learnable_patterns():
+    x, y = fake_data.images(20, 10, 1, 28, seed=0)
+    assert x.dtype == np.uint8 and set(y.tolist()) == set(range(10))

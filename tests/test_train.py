@@ -1,0 +1,152 @@
+"""train(cfg): every model on every data set it fits, TensorBoard, checkpoints, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_cfg, read_hparams, read_scalars, read_tags
+from dlexp.checkpoint import load_checkpoint
+from dlexp.errors import DlexpError
+from dlexp.train import train
+
+IMAGE_DATA = ["mnist", "fashion_mnist", "emnist", "cifar10", "stl10"]
+PAIRS = [("ann", d) for d in ["iris", "qwerties", "regression", *IMAGE_DATA]] + [
+    ("cnn", d) for d in IMAGE_DATA
+]
+
+
+@pytest.mark.parametrize(("model", "data"), PAIRS)
+def test_every_model_fits_every_data_set(model, data, env, tmp_path):
+    cfg = make_cfg(f"model={model}", f"data={data}", "trainer.epochs=1")
+    run = tmp_path / "run"
+    metrics = train(cfg, run_dir=run)
+
+    monitor = "loss" if data == "regression" else "acc"
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    for split in ("train", "val", "test"):
+        assert f"{split}/loss" in metrics and f"{split}/{monitor}" in metrics
+    assert json.loads((run / "metrics.json").read_text())["test/loss"] == pytest.approx(
+        metrics["test/loss"]
+    )
+    scalars = read_scalars(run)
+    for tag in ("train/loss", "val/loss", "test/loss", "lr", f"val/{monitor}"):
+        assert tag in scalars, tag
+    assert scalars["test/loss"][0][1] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_cnn_learns_generated_mnist_and_logs_confusion_matrix(env, tmp_path):
+    metrics = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=3"), run_dir=tmp_path)
+    assert metrics["test/acc"] > 0.5  # chance is 0.1
+    assert "test/confusion_matrix" in read_tags(tmp_path)["images"]
+    hparams, metric_tags = read_hparams(tmp_path)
+    assert hparams["optimizer.lr"] == pytest.approx(0.001) and hparams["trainer.epochs"] == 3
+    assert "test/acc" in metric_tags and "val/loss" in metric_tags
+
+
+def test_iris_default_reaches_95_percent(env, tmp_path):
+    metrics = train(make_cfg(), run_dir=tmp_path)
+    assert metrics["test/acc"] >= 0.95
+
+
+def test_binary_qwerties_uses_one_logit(env, tmp_path):
+    train(make_cfg("data=qwerties", "trainer.epochs=3"), run_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    last_bias = [v for k, v in state["model"].items() if k.endswith("bias")][-1]
+    assert last_bias.shape == (1,)
+
+
+def test_regression_reports_correlation(env, tmp_path):
+    metrics = train(make_cfg("data=regression", "trainer.epochs=20"), run_dir=tmp_path)
+    assert metrics["test/corr"] > 0.8
+
+
+def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
+    a = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1"), run_dir=tmp_path / "a")
+    b = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1"), run_dir=tmp_path / "b")
+    c = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1", "seed=7"), run_dir=tmp_path / "c")
+    for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
+        assert a[key] == b[key]
+    assert a["train/loss"] != c["train/loss"]
+    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.nesterov=true"],
+        ["optimizer=adamw"],
+        ["optimizer=rmsprop"],
+        ["scheduler=step"],
+        ["scheduler=exponential"],
+        ["scheduler=cosine"],
+        ["scheduler=onecycle"],
+        ["loss=cross_entropy", "loss.label_smoothing=0.1"],
+        ["model.activation=tanh", "model.batch_norm=true", "model.dropout=0.2", "model.init=xavier"],
+        ["model.init=kaiming", "model.activation=leaky_relu"],
+        ["trainer.grad_clip=1.0", "trainer.l1=0.001"],
+    ],
+)
+def test_optimizers_schedulers_losses_and_model_options(overrides, env, tmp_path):
+    metrics = train(make_cfg("trainer.epochs=3", *overrides), run_dir=tmp_path)
+    assert metrics["status"] == "completed" and metrics["test/loss"] < 1.2
+
+
+def test_schedulers_change_the_learning_rate(env, tmp_path):
+    train(make_cfg("trainer.epochs=3", "scheduler=step", "scheduler.gamma=0.5"), run_dir=tmp_path)
+    lrs = [v for _, v in read_scalars(tmp_path)["lr"]]
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "mse_plus_mean", "correlation"])
+def test_regression_losses(loss, env, tmp_path):
+    metrics = train(make_cfg("data=regression", f"loss={loss}", "trainer.epochs=5"), run_dir=tmp_path)
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_bce_loss_choice_on_binary_data(env, tmp_path):
+    metrics = train(make_cfg("data=qwerties", "loss=bce_with_logits", "trainer.epochs=3"), tmp_path)
+    assert metrics["test/acc"] > 0.8
+
+
+def test_early_stopping_stops(env, tmp_path):
+    cfg = make_cfg("trainer.epochs=50", "trainer.early_stopping.patience=2", "optimizer.lr=1e-7")
+    metrics = train(cfg, run_dir=tmp_path)
+    assert metrics["epochs"] < 50
+
+
+def test_cnn_emnist_preset_and_custom_blocks(env, tmp_path):
+    cfg = make_cfg("model=cnn_emnist", "data=emnist", "trainer.epochs=1")
+    train(cfg, run_dir=tmp_path / "a")
+    state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    assert state["features.0.0.weight"].shape == (6, 1, 3, 3)
+    assert "features.0.1.running_mean" in state  # batch norm
+    linear = [k for k, v in state.items() if k.startswith("head") and v.dim() == 2]
+    assert state[linear[-1]].shape == (26, 50)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=cnn"], "model=cnn needs images"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["trainer.epochs=0"], "trainer.epochs=0"),
+        (["data.batch_size=0"], "data.batch_size=0"),
+        (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+        (["model.activation=swish"], "model.activation='swish'"),
+    ],
+)
+def test_bad_values_are_refused_before_work(overrides, expected, env, tmp_path):
+    with pytest.raises(Exception) as err:
+        train(make_cfg(*overrides), run_dir=tmp_path)
+    from dlexp.errors import user_error
+
+    assert isinstance(user_error(err.value), DlexpError)
+    assert expected in str(user_error(err.value))
+    assert not (tmp_path / "metrics.json").exists()
