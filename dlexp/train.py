@@ -87,6 +87,14 @@ def resolve_device(cfg: DictConfig) -> torch.device:
     return device
 
 
+def build_optimizer(cfg: DictConfig, params: list, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer; `fused: null` means fused kernels where torch has them (CPU, CUDA)."""
+    extra = {}
+    if "fused" in cfg and cfg.fused is None:
+        extra["fused"] = device.type in ("cpu", "cuda")
+    return instantiate(cfg, params=params, **extra)
+
+
 def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     """The scheduler (or None) and whether it steps per `epoch` or per `step`."""
     if cfg.get("_target_") is None:
@@ -151,7 +159,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     data, task, model = build(cfg, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer, params=params)
+    optimizer = build_optimizer(cfg.optimizer, params, device)
     steps = math.ceil(len(data.train) / cfg.data.batch_size) * cfg.trainer.epochs
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps)
     n_params = sum(p.numel() for p in params)

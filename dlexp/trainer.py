@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,6 @@ class Trainer:
         batch_size: int,
         eval_batch_size: int,
         hparams: dict[str, Any],
-        on_epoch_end: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         cfg = self.cfg
         self.prepare(model)
@@ -127,96 +125,63 @@ class Trainer:
         if cfg.compile:
             log.info("compiling the model with torch.compile (the first steps will be slow)")
             step_model = torch.compile(model)
-
-        weights = [
-            p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")
-        ]
-        best = -math.inf if task.mode == "max" else math.inf
-        patience = cfg.early_stopping.patience
-        stale = 0
-        step = 0
-        history: dict[str, float] = {}
-        start = time.perf_counter()
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
         if cfg.get("max_steps_per_epoch"):
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-        progress = Progress(cfg.progress, cfg.epochs, steps_per_epoch)
+        stop = cfg.early_stopping
+        best = -math.inf if task.mode == "max" else math.inf
+        sign = 1 if task.mode == "max" else -1
+        stale, step, epoch = 0, 0, 0
+        metrics: dict[str, float] = {}
+        start = time.perf_counter()
 
-        epoch = 0
-        with progress:
+        with Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
             for epoch in range(1, cfg.epochs + 1):
-                model.train()
                 progress.start_epoch(epoch)
-                sums: dict[str, torch.Tensor] = {}
-                seen = 0
                 tic = time.perf_counter()
-                batches = data.batches(
-                    data.train, batch_size, epoch_generator(self.seed, epoch), True
+                train, step = self._train_epoch(
+                    task,
+                    model,
+                    step_model,
+                    data,
+                    optimizer,
+                    scheduler if scheduler_interval == "step" else None,
+                    batch_size,
+                    steps_per_epoch,
+                    epoch,
+                    step,
+                    progress,
                 )
-                for i, (x, y) in enumerate(batches):
-                    if i >= steps_per_epoch:
-                        break
-                    with self.autocast():
-                        out = step_model(self._memory_format(x))
-                        loss = task.loss(out, y)
-                        total = loss
-                        if cfg.l1:
-                            total = total + cfg.l1 * sum(w.abs().sum() for w in weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(total).backward()
-                    if cfg.grad_clip:
-                        self.scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    self.scaler.step(optimizer)
-                    self.scaler.update()
-                    if scheduler is not None and scheduler_interval == "step":
-                        scheduler.step()
-                    for k, v in task.sums(out, y, loss).items():
-                        sums[k] = sums[k] + v if k in sums else v
-                    seen += len(y)
-                    step += 1
-                    if step % cfg.log_every_steps == 0:
-                        self.writer.add_scalar("train/loss_step", loss.item(), step)
-                    progress.advance(loss)
-                train_time = time.perf_counter() - tic
-
-                metrics = {f"train/{k}": v for k, v in task.summarize(sums, seen).items()}
+                seconds = time.perf_counter() - tic
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
+                metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
-                metrics["samples_per_s"] = seen / max(train_time, 1e-9)
+                metrics["samples_per_s"] = (
+                    min(len(data.train), steps_per_epoch * batch_size) / seconds
+                )
                 for k, v in metrics.items():
                     self.writer.add_scalar(k, v, epoch)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
-                history = metrics
-                progress.end_epoch(epoch, metrics, train_time)
+                progress.end_epoch(epoch, metrics, seconds)
 
                 # The validation metric picks best.pt (the training one when there is no val).
                 key = f"val/{task.monitor}" if val else f"train/{task.monitor}"
-                value = metrics[key]
-                improved = (
-                    value > best + cfg.early_stopping.min_delta
-                    if task.mode == "max"
-                    else value < best - cfg.early_stopping.min_delta
-                )
-                state = self._state(model, optimizer, scheduler, epoch, step, metrics)
-                if improved:
-                    best, stale = value, 0
-                    if cfg.checkpoint:
-                        save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
-                else:
-                    stale += 1
+                improved = sign * (metrics[key] - best) > stop.min_delta
+                stale = 0 if improved else stale + 1
+                best = metrics[key] if improved else best
                 if cfg.checkpoint:
+                    state = self._state(model, optimizer, scheduler, epoch, step, metrics)
+                    if improved:
+                        save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
                     save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
-                if on_epoch_end:
-                    on_epoch_end(epoch)
-                if patience and stale >= patience:
-                    log.info(f"early stopping: no better {key} for {patience} epoch(s)")
+                if stop.patience and stale >= stop.patience:
+                    log.info(f"early stopping: no better {key} for {stop.patience} epoch(s)")
                     break
 
         test, outputs = self.evaluate(task, model, data, data.test, eval_batch_size, keep=True)
-        final = {**history, **{f"test/{k}": v for k, v in test.items()}}
+        final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
         final.update(epochs=epoch, steps=step, time_s=time.perf_counter() - start)
         for k, v in test.items():
             self.writer.add_scalar(f"test/{k}", v, epoch)
@@ -225,6 +190,55 @@ class Trainer:
         self._write_hparams(hparams, final)
         self.writer.flush()
         return final
+
+    def _train_epoch(
+        self,
+        task,
+        model,
+        step_model,
+        data,
+        optimizer,
+        step_scheduler,
+        batch_size,
+        steps,
+        epoch,
+        step,
+        progress,
+    ) -> tuple[dict[str, float], int]:
+        """One pass over the training split; metrics stay on the device until the end."""
+        # Plain Python copies of what is read every step (a DictConfig lookup is slow).
+        l1, clip, log_every = float(self.cfg.l1), self.cfg.grad_clip, int(self.cfg.log_every_steps)
+        weights = [
+            p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")
+        ]
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        batches = data.batches(
+            data.train, batch_size, epoch_generator(self.seed, epoch), train=True
+        )
+        for _, (x, y) in zip(range(steps), batches, strict=False):
+            with self.autocast():
+                out = step_model(self._memory_format(x))
+                loss = task.loss(out, y)
+                total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 else loss
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if clip:
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            if step_scheduler is not None:
+                step_scheduler.step()
+            for k, v in task.sums(out, y, loss).items():
+                sums[k] = sums[k] + v if k in sums else v
+            seen += len(y)
+            step += 1
+            if step % log_every == 0:
+                self.writer.add_scalar("train/loss_step", loss.item(), step)
+            progress.advance(loss)
+        return task.summarize(sums, seen), step
 
     def _state(self, model, optimizer, scheduler, epoch: int, step: int, metrics) -> dict:
         return {

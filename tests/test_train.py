@@ -126,7 +126,7 @@ def test_cnn_emnist_preset_and_custom_blocks(env, tmp_path):
     train(cfg, run_dir=tmp_path / "a")
     state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
     assert state["features.0.0.weight"].shape == (6, 1, 3, 3)
-    assert "features.0.1.running_mean" in state  # batch norm
+    assert "features.0.2.running_mean" in state  # batch norm after the pool
     linear = [k for k, v in state.items() if k.startswith("head") and v.dim() == 2]
     assert state[linear[-1]].shape == (26, 50)
 

@@ -56,10 +56,15 @@ class Data:
     test: Split
     meta: DataMeta
     augment: dict = field(default_factory=dict)
+    _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def to(self, device: torch.device) -> Data:
         return replace(
-            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+            self,
+            train=self.train.to(device),
+            val=self.val.to(device),
+            test=self.test.to(device),
+            _norm=None,
         )
 
     def batches(
@@ -90,12 +95,18 @@ class Data:
         """uint8 images -> normalised float (plus augmentation when training); features pass."""
         if self.meta.kind != "image":
             return x
-        mean = torch.tensor(self.meta.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.meta.std, device=x.device).view(1, -1, 1, 1)
-        x = (x.float() * (1.0 / 255) - mean) / std
+        shift, scale = self._normaliser(x.device)
+        x = torch.addcmul(shift, x, scale)  # (x / 255 - mean) / std in one fused op
         if train and self.augment:
             x = augment(x, **self.augment)
         return x
+
+    def _normaliser(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._norm is None or self._norm[0].device != device:
+            mean = torch.tensor(self.meta.mean, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.meta.std, device=device).view(1, -1, 1, 1)
+            self._norm = (-mean / std, 1.0 / (255.0 * std))
+        return self._norm
 
 
 def augment(

@@ -14,7 +14,11 @@ from dlexp.models.layers import init_weights, make_activation
 def conv_block(
     in_ch: int, spec: Mapping, activation: str, batch_norm: bool, dropout: float
 ) -> nn.Sequential:
-    """Conv2d -> [BatchNorm2d] -> activation -> [max/avg pool] -> [Dropout2d]."""
+    """Conv2d -> [max/avg pool] -> [BatchNorm2d] -> activation -> [Dropout2d].
+
+    Pooling before the activation is the course's order (relu(max_pool(conv(x)))); it is
+    also cheaper, since the activation and batch norm then see a quarter of the values.
+    """
     out_ch = spec["channels"]
     layers: list[nn.Module] = [
         nn.Conv2d(
@@ -25,15 +29,15 @@ def conv_block(
             padding=spec.get("padding", 0),
         )
     ]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(out_ch))
-    layers.append(make_activation(activation))
     pool = spec.get("pool")
     if pool not in (None, "max", "avg"):
         raise DlexpError(f"model.blocks: pool={pool!r} is not known; use max, avg or null.")
     if pool:
         size = spec.get("pool_size", 2)
         layers.append(nn.MaxPool2d(size) if pool == "max" else nn.AvgPool2d(size))
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    layers.append(make_activation(activation))
     if dropout:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers)
