@@ -102,7 +102,16 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     node = OmegaConf.to_container(cfg, resolve=True)
     interval = node.pop("interval", "epoch")
     extra = {"total_steps": total_steps} if cfg._target_.endswith("OneCycleLR") else {}
-    return instantiate(node, optimizer, **extra), interval
+    try:
+        return instantiate(node, optimizer, **extra), interval
+    except Exception as err:
+        if isinstance(err.__cause__, ZeroDivisionError):  # OneCycleLR with too few steps
+            raise DlexpError(
+                f"scheduler={node['_target_'].rsplit('.', 1)[-1]} cannot warm up and anneal in "
+                f"only {total_steps} steps; train for more epochs or with a smaller "
+                "data.batch_size, or choose another scheduler."
+            ) from err
+        raise
 
 
 def default_run_dir(cfg: DictConfig) -> Path:

@@ -133,6 +133,7 @@ class Trainer:
         sign = 1 if task.mode == "max" else -1
         stale, step, epoch = 0, 0, 0
         metrics: dict[str, float] = {}
+        history: list[dict[str, float]] = []
         start = time.perf_counter()
 
         with Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
@@ -156,6 +157,9 @@ class Trainer:
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
+                if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
+                    test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
+                    metrics.update({f"test/{k}": v for k, v in test.items()})
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
                 metrics["samples_per_s"] = (
                     min(len(data.train), steps_per_epoch * batch_size) / seconds
@@ -165,6 +169,7 @@ class Trainer:
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
                 progress.end_epoch(epoch, metrics, seconds)
+                history.append({"epoch": epoch, "train_seconds": seconds, **metrics})
 
                 # The validation metric picks best.pt (the training one when there is no val).
                 key = f"val/{task.monitor}" if val else f"train/{task.monitor}"
@@ -184,11 +189,13 @@ class Trainer:
         final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
         final.update(epochs=epoch, steps=step, time_s=time.perf_counter() - start)
         for k, v in test.items():
-            self.writer.add_scalar(f"test/{k}", v, epoch)
+            if not cfg.test_every_epoch:
+                self.writer.add_scalar(f"test/{k}", v, epoch)
         if outputs is not None:
             task.final_report(self.writer, outputs, data.test.y, epoch)
         self._write_hparams(hparams, final)
         self.writer.flush()
+        final["history"] = history
         return final
 
     def _train_epoch(

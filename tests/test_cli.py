@@ -148,7 +148,11 @@ def test_non_editable_install_runs_from_anywhere(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "test/acc" in result.stdout
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "from dlexp.cli import config_dir; print(config_dir())"],
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "from dlexp.cli import config_dir; print(config_dir())",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -68,7 +68,9 @@ def test_regression_reports_correlation(env, tmp_path):
 def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
     a = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1"), run_dir=tmp_path / "a")
     b = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1"), run_dir=tmp_path / "b")
-    c = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=1", "seed=7"), run_dir=tmp_path / "c")
+    c = train(
+        make_cfg("model=cnn", "data=mnist", "trainer.epochs=1", "seed=7"), run_dir=tmp_path / "c"
+    )
     for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
         assert a[key] == b[key]
     assert a["train/loss"] != c["train/loss"]
@@ -88,7 +90,12 @@ def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
         ["scheduler=cosine"],
         ["scheduler=onecycle"],
         ["loss=cross_entropy", "loss.label_smoothing=0.1"],
-        ["model.activation=tanh", "model.batch_norm=true", "model.dropout=0.2", "model.init=xavier"],
+        [
+            "model.activation=tanh",
+            "model.batch_norm=true",
+            "model.dropout=0.2",
+            "model.init=xavier",
+        ],
         ["model.init=kaiming", "model.activation=leaky_relu"],
         ["trainer.grad_clip=1.0", "trainer.l1=0.001"],
     ],
@@ -106,7 +113,9 @@ def test_schedulers_change_the_learning_rate(env, tmp_path):
 
 @pytest.mark.parametrize("loss", ["mse", "l1", "mse_plus_mean", "correlation"])
 def test_regression_losses(loss, env, tmp_path):
-    metrics = train(make_cfg("data=regression", f"loss={loss}", "trainer.epochs=5"), run_dir=tmp_path)
+    metrics = train(
+        make_cfg("data=regression", f"loss={loss}", "trainer.epochs=5"), run_dir=tmp_path
+    )
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dlexp.errors import DlexpError
@@ -177,7 +176,9 @@ def _check_fraction(key: str, value: float) -> None:
 def load_data(cfg: DictConfig, seed: int) -> Data:
     """Load the data set named by `cfg` (a `data` config) and split it into train/val/test."""
     _check_fraction("val_fraction", cfg.val_fraction)
-    raw: Raw = instantiate(cfg.source)
+    from dlexp.data.cache import load_raw
+
+    raw = load_raw(cfg)
     meta = raw.meta
     classify = meta.num_classes > 0
     train, test = raw.train, raw.test
