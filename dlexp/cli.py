@@ -50,6 +50,39 @@ def parse_pairs(args: list[str], allowed: dict[str, str], command: str) -> dict[
     return out
 
 
+def check_output_root(args: list[str]) -> None:
+    """Refuse an output folder that cannot be written before Hydra tries to create runs in it."""
+    root = os.environ.get("DLEXP_OUTPUTS", "outputs")
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
+            root = value
+    path = Path(root).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        fail(
+            f"cannot write runs under {path}: {existing} is not a writable folder. Point "
+            "DLEXP_OUTPUTS (or out_root=) at a folder you can write to."
+        )
+
+
+def resume_args(args: list[str]) -> list[str]:
+    """`trainer.resume=<run>` continues in that run's folder: no new folder, no new .hydra/."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "trainer.resume" and value not in ("", "null"):
+            from dlexp.checkpoint import find_checkpoint
+            from dlexp.errors import DlexpError
+            from dlexp.train import run_folder_of
+
+            try:
+                run = run_folder_of(find_checkpoint(value))
+            except DlexpError as err:
+                fail(str(err))
+            return [*args, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
+    return args
+
+
 def cmd_train(args: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -57,11 +90,17 @@ def cmd_train(args: list[str]) -> None:
 
     from dlexp.errors import user_error
     from dlexp.train import train
+    from dlexp.trainer import Interrupted
+
+    check_output_root(args)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def main(cfg) -> float | None:
         try:
             metrics = train(cfg)
+        except Interrupted as stop:
+            print(f"dlexp: {stop}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
         except Exception as exc:
             err = user_error(exc)
             if err is None:
@@ -72,7 +111,7 @@ def cmd_train(args: list[str]) -> None:
             fail(str(err))
         return metrics.get(cfg.get("objective", ""))
 
-    sys.argv = ["dlexp train", *args]
+    sys.argv = ["dlexp train", *resume_args(args)]
     main()
 
 

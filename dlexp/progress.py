@@ -49,9 +49,12 @@ class Progress:
         if self.bar is not None:
             self.bar.stop()
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, done: int = 0) -> None:
         if self.bar is not None:
-            self.bar.reset(self.step_task, total=self.steps, description=f"epoch {epoch}")
+            self.bar.update(self.epoch_task, completed=epoch - 1)
+            self.bar.reset(
+                self.step_task, total=self.steps, completed=done, description=f"epoch {epoch}"
+            )
 
     def advance(self, loss: torch.Tensor) -> None:
         if self.bar is None:
@@ -64,7 +67,7 @@ class Progress:
 
     def end_epoch(self, epoch: int, metrics: dict[str, float], seconds: float) -> None:
         if self.bar is not None:
-            self.bar.update(self.epoch_task, advance=1)
+            self.bar.update(self.epoch_task, completed=epoch)
         if self.mode != "none":
             log.info(f"epoch {epoch}/{self.epochs}  {format_metrics(metrics)}  ({seconds:.1f}s)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -14,11 +15,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dlexp.checkpoint import find_checkpoint, load_checkpoint
 from dlexp.data import load_data
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
 from dlexp.tasks import build_task
-from dlexp.trainer import Trainer, pick_device, write_metrics
+from dlexp.trainer import Diverged, Interrupted, Trainer, pick_device, write_metrics
 
 log = logging.getLogger("dlexp")
 
@@ -70,7 +72,10 @@ def check_config(cfg: DictConfig) -> None:
             raise DlexpError(f"{key}={value!r} is not valid: it must be {hint}.")
 
 
-def resolve_device(cfg: DictConfig) -> torch.device:
+def resolve_device(cfg: DictConfig, deterministic: bool = False) -> torch.device:
+    if deterministic:  # cuBLAS needs this set before its first use to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     device = pick_device(cfg.type)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DlexpError(
@@ -83,7 +88,7 @@ def resolve_device(cfg: DictConfig) -> torch.device:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
     return device
 
 
@@ -156,15 +161,56 @@ def build(cfg: DictConfig, device: torch.device):
     return data, task, model
 
 
+def resumed_config(stored_yaml: str, cfg: DictConfig) -> DictConfig:
+    """The checkpoint's config, plus the value overrides of this command (e.g. more epochs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    stored = OmegaConf.create(stored_yaml)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        for override in hc.overrides.task:
+            key = override.partition("=")[0].lstrip("+~")
+            if key in ("trainer.resume", "hydra.run.dir", "hydra.output_subdir"):
+                continue
+            if key in hc.runtime.choices:
+                raise DlexpError(
+                    f"{override!r} cannot change a run that is being resumed: it keeps the "
+                    f"model, data and other choices it was started with. Start a new run "
+                    f"instead, or resume with value overrides only (e.g. trainer.epochs=20)."
+                )
+            OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
+    stored.trainer.resume = None
+    stored.trainer.progress = cfg.trainer.progress
+    return stored
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    return (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train the configured model; returns the final metrics (also in <run_dir>/metrics.json)."""
+    """Train the configured model; returns the final metrics (also in <run_dir>/metrics.json).
+
+    With `trainer.resume=<run folder or checkpoint>` it continues that run, in its folder,
+    from its last checkpoint, exactly as if it had never stopped.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     check_config(cfg)
+    resume = None
+    if cfg.trainer.get("resume"):
+        path = find_checkpoint(cfg.trainer.resume, "last")
+        resume = load_checkpoint(path)
+        cfg = resumed_config(resume["config"], cfg)
+        check_config(cfg)
+        run_dir = run_folder_of(path)
+        log.info(f"resuming {run_dir} from {path.name}")
     run_dir = Path(run_dir or hydra_run_dir() or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.trainer.deterministic)
     data, task, model = build(cfg, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,11 +224,19 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         f"device {device}"
     )
 
-    writer = SummaryWriter(str(run_dir))
+    # Resuming appends to the run's TensorBoard log; purge_step drops what was logged after
+    # the checkpoint, so no step appears twice.
+    writer = SummaryWriter(str(run_dir), purge_step=resume["step"] + 1 if resume else None)
+    trainer = Trainer(
+        cfg.trainer,
+        device,
+        run_dir,
+        cfg.seed,
+        writer,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        resume_command=f"dlexp train trainer.resume={run_dir}",
+    )
     try:
-        trainer = Trainer(
-            cfg.trainer, device, run_dir, cfg.seed, writer, OmegaConf.to_yaml(cfg, resolve=True)
-        )
         metrics = trainer.fit(
             task,
             model,
@@ -193,7 +247,21 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             cfg.data.batch_size,
             cfg.data.eval_batch_size,
             hparams_of(cfg),
+            resume,
         )
+    except (Diverged, Interrupted) as err:
+        status = "diverged" if isinstance(err, Diverged) else "interrupted"
+        pos = getattr(trainer, "pos", {})
+        write_metrics(
+            run_dir,
+            {
+                "status": status,
+                "message": str(err),
+                "epochs": pos.get("epoch"),
+                "steps": pos.get("step"),
+            },
+        )
+        raise
     finally:
         writer.close()
     metrics["status"] = "completed"

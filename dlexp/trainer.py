@@ -1,7 +1,13 @@
 """The one training loop shared by every task.
 
-It owns the device, precision, epochs, the data order, metrics, TensorBoard, checkpoints and
-early stopping; what a step *means* (loss, metrics, extra images) belongs to the task.
+It owns the device, precision, epochs, the data order, metrics, TensorBoard, checkpoints,
+resuming, signals, the divergence guard and early stopping; what a step *means* (loss,
+metrics, extra images) belongs to the task.
+
+A checkpoint holds everything the loop needs to continue exactly where it stopped, even in
+the middle of an epoch: weights, optimizer, scheduler and grad-scaler states, the epoch and
+the batch within it (the data order is a function of seed and epoch), the epoch's running
+metric sums, the RNG states and the history so far.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +26,22 @@ from torch import nn
 
 from dlexp.checkpoint import save_checkpoint, save_json
 from dlexp.data import Data, Split
+from dlexp.errors import DlexpError
 from dlexp.progress import Progress
 
 log = logging.getLogger("dlexp")
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Diverged(DlexpError):
+    """The loss became NaN or infinite."""
 
 
 def pick_device(kind: str) -> torch.device:
@@ -48,6 +68,19 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class Trainer:
     def __init__(
         self,
@@ -57,6 +90,7 @@ class Trainer:
         seed: int,
         writer,
         config_yaml: str,
+        resume_command: str = "",
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -64,14 +98,29 @@ class Trainer:
         self.seed = seed
         self.writer = writer
         self.config_yaml = config_yaml
+        self.resume_command = resume_command
         self.dtype = autocast_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.channels_last = False
+        self.signal: int | None = None
 
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Move the model to the device; channels-last memory for conv nets."""
+        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self.channels_last = bool(self.cfg.channels_last and has_conv)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     # ----------------------------------------------------------------- evaluation
     @torch.inference_mode()
@@ -93,19 +142,6 @@ class Trainer:
         metrics = task.summarize(sums, len(split)) if len(split) else {}
         return metrics, torch.cat(outputs) if keep and outputs else None
 
-    def prepare(self, model: nn.Module) -> None:
-        """Move the model to the device; channels-last memory for conv nets."""
-        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        self.channels_last = bool(self.cfg.channels_last and has_conv)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-
-    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
     # ------------------------------------------------------------------- training
     def fit(
         self,
@@ -118,9 +154,12 @@ class Trainer:
         batch_size: int,
         eval_batch_size: int,
         hparams: dict[str, Any],
+        resume: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg = self.cfg
         self.prepare(model)
+        self.task, self.model, self.data = task, model, data
+        self.optimizer, self.scheduler = optimizer, scheduler
         step_model = model
         if cfg.compile:
             log.info("compiling the model with torch.compile (the first steps will be slow)")
@@ -129,31 +168,37 @@ class Trainer:
         if cfg.get("max_steps_per_epoch"):
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         stop = cfg.early_stopping
-        best = -math.inf if task.mode == "max" else math.inf
         sign = 1 if task.mode == "max" else -1
-        stale, step, epoch = 0, 0, 0
-        metrics: dict[str, float] = {}
-        history: list[dict[str, float]] = []
-        start = time.perf_counter()
 
-        with Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
-            for epoch in range(1, cfg.epochs + 1):
-                progress.start_epoch(epoch)
+        # Where the loop stands; a checkpoint stores exactly this.
+        self.pos = {
+            "epoch": 0,  # epochs completed
+            "batch": 0,  # batches of the next epoch done
+            "step": 0,  # optimizer steps in all
+            "sums": {},  # the epoch's running metric sums
+            "seen": 0,
+            "best": -math.inf * sign,
+            "stale": 0,
+            "history": [],
+        }
+        if resume is not None:
+            self._restore(resume)
+            log.info(
+                f"resuming at epoch {self.pos['epoch'] + 1}, batch {self.pos['batch']} "
+                f"(step {self.pos['step']})"
+            )
+        start = time.perf_counter()
+        metrics: dict[str, float] = dict(self.pos["history"][-1]) if self.pos["history"] else {}
+
+        with self._signals(), Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
+            while self.pos["epoch"] < cfg.epochs:
+                epoch = self.pos["epoch"] + 1
+                progress.start_epoch(epoch, done=self.pos["batch"])
                 tic = time.perf_counter()
-                train, step = self._train_epoch(
-                    task,
-                    model,
-                    step_model,
-                    data,
-                    optimizer,
-                    scheduler if scheduler_interval == "step" else None,
-                    batch_size,
-                    steps_per_epoch,
-                    epoch,
-                    step,
-                    progress,
-                )
+                step_scheduler = scheduler if scheduler_interval == "step" else None
+                self._train_epoch(step_model, batch_size, steps_per_epoch, step_scheduler, progress)
                 seconds = time.perf_counter() - tic
+                train = task.summarize(self.pos["sums"], self.pos["seen"])
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
@@ -161,70 +206,63 @@ class Trainer:
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
-                metrics["samples_per_s"] = (
-                    min(len(data.train), steps_per_epoch * batch_size) / seconds
-                )
-                for k, v in metrics.items():
-                    self.writer.add_scalar(k, v, epoch)
+                metrics["samples_per_s"] = self.pos["seen"] / seconds
+                self._log_scalars({**metrics, "epoch": epoch})
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
                 progress.end_epoch(epoch, metrics, seconds)
-                history.append({"epoch": epoch, "train_seconds": seconds, **metrics})
 
                 # The validation metric picks best.pt (the training one when there is no val).
                 key = f"val/{task.monitor}" if val else f"train/{task.monitor}"
-                improved = sign * (metrics[key] - best) > stop.min_delta
-                stale = 0 if improved else stale + 1
-                best = metrics[key] if improved else best
+                improved = sign * (metrics[key] - self.pos["best"]) > stop.min_delta
+                self.pos.update(
+                    epoch=epoch,
+                    batch=0,
+                    sums={},
+                    seen=0,
+                    best=metrics[key] if improved else self.pos["best"],
+                    stale=0 if improved else self.pos["stale"] + 1,
+                )
+                self.pos["history"].append({"epoch": epoch, "train_seconds": seconds, **metrics})
                 if cfg.checkpoint:
-                    state = self._state(model, optimizer, scheduler, epoch, step, metrics)
-                    if improved:
-                        save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
-                    save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
-                if stop.patience and stale >= stop.patience:
+                    self._save("last", also_best=improved)
+                if stop.patience and self.pos["stale"] >= stop.patience:
                     log.info(f"early stopping: no better {key} for {stop.patience} epoch(s)")
                     break
 
         test, outputs = self.evaluate(task, model, data, data.test, eval_batch_size, keep=True)
         final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
-        final.update(epochs=epoch, steps=step, time_s=time.perf_counter() - start)
-        for k, v in test.items():
-            if not cfg.test_every_epoch:
-                self.writer.add_scalar(f"test/{k}", v, epoch)
+        final.update(epochs=self.pos["epoch"], steps=self.pos["step"])
+        final["time_s"] = time.perf_counter() - start
+        if not cfg.test_every_epoch:
+            self._log_scalars({f"test/{k}": v for k, v in test.items()})
         if outputs is not None:
-            task.final_report(self.writer, outputs, data.test.y, epoch)
+            task.final_report(self.writer, outputs, data.test.y, self.pos["step"])
         self._write_hparams(hparams, final)
         self.writer.flush()
-        final["history"] = history
+        final["history"] = self.pos["history"]
         return final
 
-    def _train_epoch(
-        self,
-        task,
-        model,
-        step_model,
-        data,
-        optimizer,
-        step_scheduler,
-        batch_size,
-        steps,
-        epoch,
-        step,
-        progress,
-    ) -> tuple[dict[str, float], int]:
-        """One pass over the training split; metrics stay on the device until the end."""
+    def _train_epoch(self, step_model, batch_size, steps, step_scheduler, progress) -> None:
+        """The rest of the current epoch; metric sums stay on the device."""
+        cfg, pos, task, model, optimizer = self.cfg, self.pos, self.task, self.model, self.optimizer
         # Plain Python copies of what is read every step (a DictConfig lookup is slow).
-        l1, clip, log_every = float(self.cfg.l1), self.cfg.grad_clip, int(self.cfg.log_every_steps)
+        l1, clip, log_every = float(cfg.l1), cfg.grad_clip, int(cfg.log_every_steps)
+        every_steps = cfg.checkpoint_every_steps or 0
+        every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
+        last_save = time.monotonic()
         weights = [
             p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")
         ]
+        bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss
         model.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        batches = data.batches(
-            data.train, batch_size, epoch_generator(self.seed, epoch), train=True
+        gen = epoch_generator(self.seed, pos["epoch"] + 1)
+        batches = self.data.batches(
+            self.data.train, batch_size, gen, train=True, start=pos["batch"] * batch_size
         )
-        for _, (x, y) in zip(range(steps), batches, strict=False):
+        for x, y in batches:
+            if pos["batch"] >= steps:
+                break
             with self.autocast():
                 out = step_model(self._memory_format(x))
                 loss = task.loss(out, y)
@@ -239,25 +277,112 @@ class Trainer:
             if step_scheduler is not None:
                 step_scheduler.step()
             for k, v in task.sums(out, y, loss).items():
-                sums[k] = sums[k] + v if k in sums else v
-            seen += len(y)
-            step += 1
-            if step % log_every == 0:
-                self.writer.add_scalar("train/loss_step", loss.item(), step)
+                pos["sums"][k] = pos["sums"][k] + v if k in pos["sums"] else v
+            # Track the first bad step on the device: no host sync per step.
+            bad_step = torch.where(
+                (bad_step < 0) & ~torch.isfinite(loss.detach()), pos["step"] + 1, bad_step
+            )
+            pos["seen"] += len(y)
+            pos["batch"] += 1
+            pos["step"] += 1
             progress.advance(loss)
-        return task.summarize(sums, seen), step
+            step = pos["step"]
+            due = (every_steps and step % every_steps == 0) or (
+                every_s and time.monotonic() - last_save >= every_s
+            )
+            if step % log_every == 0 or due or self.signal is not None:
+                self._check_finite(bad_step)
+                if step % log_every == 0:
+                    self.writer.add_scalar("train/loss_step", loss.item(), step)
+            if (due or self.signal is not None) and cfg.checkpoint:
+                self._save("last")
+                last_save = time.monotonic()
+            if self.signal is not None:
+                self._stop_on_signal()
+        self._check_finite(bad_step)
 
-    def _state(self, model, optimizer, scheduler, epoch: int, step: int, metrics) -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch,
-            "step": step,
-            "metrics": dict(metrics),
-            "rng": {"torch": torch.get_rng_state()},
+    # ------------------------------------------------------- faults and checkpoints
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        step = int(bad_step.item())
+        if step < 0:
+            return
+        epoch = self.pos["epoch"] + 1
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"The last good checkpoint, {last}, is kept. " if last.is_file() else ""
+        raise Diverged(
+            f"the training loss became NaN or infinite at epoch {epoch}, step {step}. {kept}"
+            f"Try a lower learning rate (optimizer.lr), gradient clipping (trainer.grad_clip=1.0) "
+            f"or fp32 (trainer.precision=fp32)."
+        )
+
+    def _save(self, name: str, also_best: bool = False) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            **{k: v for k, v in self.pos.items()},
+            "rng": rng_state(),
             "config": self.config_yaml,
         }
+        folder = self.run_dir / "checkpoints"
+        try:
+            save_checkpoint(folder / f"{name}.pt", state)
+            if also_best:
+                save_checkpoint(folder / "best.pt", state)
+        except OSError as err:
+            raise DlexpError(
+                f"could not write a checkpoint in {folder} ({err.strerror or err}). The previous "
+                "checkpoint there is intact. Free some space (or fix the folder's permissions) "
+                f"and continue with: {self.resume_command}"
+            ) from err
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in self.pos:
+            self.pos[key] = state[key]
+        self.pos["sums"] = {k: v.to(self.device) for k, v in state["sums"].items()}
+        set_rng_state(state["rng"])
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
+
+        def handler(signum, frame):
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = signum
+            log.warning(
+                f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit now)"
+            )
+
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_on_signal(self) -> None:
+        name = signal.Signals(self.signal).name
+        saved = "a checkpoint was written; " if self.cfg.checkpoint else ""
+        raise Interrupted(
+            self.signal,
+            f"stopped by {name} in epoch {self.pos['epoch'] + 1}, after step {self.pos['step']}; {saved}"
+            f"continue with: {self.resume_command}",
+        )
+
+    # ---------------------------------------------------------------- TensorBoard
+    def _log_scalars(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, self.pos["step"])
 
     def _write_hparams(self, hparams: dict[str, Any], final: dict[str, Any]) -> None:
         """HParams records in the run's own event file (add_hparams would make a sub-run)."""

@@ -94,6 +94,10 @@ def test_multirun_runs_every_job(env):
         (["train", "model=cnnn"], 1, "Could not find 'model/cnnn'"),
         (["train", "optimizer.lr=-1"], 2, "optimizer.lr=-1 is not valid"),
         (["train", "trainer.epochs=three"], 2, "trainer.epochs='three' is not valid"),
+        (["train", "trainer.epoch=3"], 1, "Key 'epoch' is not in struct"),
+        (["train", "trainer.epochs=-1"], 2, "trainer.epochs=-1 is not valid"),
+        (["train", "data.batch_size=0"], 2, "data.batch_size=0 is not valid"),
+        (["train", "data.val_fraction=1.5"], 2, "data.val_fraction=1.5 is out of range"),
         (["frobnicate"], 2, "unknown command 'frobnicate'"),
         (["eval", "checkpoint=x"], 2, "does not take 'checkpoint=x'"),
     ],
@@ -110,6 +114,18 @@ def test_missing_data_offline_says_where_and_how(env, tmp_path):
     assert result.returncode == 2
     assert str(tmp_path / "empty" / "MNIST" / "raw") in result.stderr
     assert "data.download=true" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_data_file_is_named_and_kept(env, tmp_path):
+    import fake_data
+
+    root = fake_data.mnist_root(tmp_path / "data")
+    bad = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bad.read_bytes()[:50])
+    result = dlexp("train", "data=mnist", env={**env, "DLEXP_DATA": str(root)})
+    assert result.returncode == 2
+    assert f"{bad} is truncated or corrupt" in result.stderr and "Traceback" not in result.stderr
+    assert bad.stat().st_size == 50
 
 
 def test_data_command_lists_presence_and_location(env, tmp_path):

@@ -56,9 +56,17 @@ def test_truncated_file_is_named_and_kept(tmp_path):
     fake_data.mnist_root(tmp_path)
     bad = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:1000])
-    with pytest.raises(DlexpError, match="truncated or corrupt"):
+    with pytest.raises(DlexpError, match=f"{bad} is truncated or corrupt"):
         mnist(str(tmp_path))
     assert bad.stat().st_size == 1000  # nothing deleted
+
+
+def test_corrupt_cifar_batch_is_named(tmp_path):
+    fake_data.cifar10_root(tmp_path)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DlexpError, match=f"{bad} is truncated or corrupt"):
+        cifar10(str(tmp_path))
 
 
 def test_stratified_split_keeps_class_proportions():
@@ -75,7 +83,7 @@ def test_load_data_splits_normalises_and_caps(env):
     cfg = make_cfg("data=mnist", "data.val_fraction=0.2")
     data = load_data(cfg.data, seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (160, 40, 100)
-    xb, yb = next(data.batches(data.train, 64))
+    xb, _yb = next(data.batches(data.train, 64))
     assert xb.dtype == torch.float32 and xb.shape == (64, 1, 28, 28)
     # Normalised with the training split's statistics: about zero mean, unit variance.
     full = data.prepare(data.train.x)

@@ -64,8 +64,8 @@ def load_raw(cfg: DictConfig) -> Raw:
         log.info(f"{cfg.name}: loaded the decoded tensors from {path}")
     else:
         raw = instantiate(cfg.source)
-        where = files[0].parent if files else "memory"
-        log.info(f"{cfg.name}: decoded {len(raw.train)} training samples from {where}")
+        if files:
+            log.info(f"{cfg.name}: decoded {len(raw.train)} training samples from {files[0].parent}")
         if path is not None:
             _write(path, raw)
 

@@ -72,8 +72,9 @@ class Data:
         batch_size: int,
         generator: torch.Generator | None = None,
         train: bool = False,
+        start: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ready-to-use (x, y) batches; shuffled when a generator is given.
+        """Yield ready-to-use (x, y) batches from sample `start` on; shuffled with a generator.
 
         The permutation is drawn on the CPU from `generator` so that the data order depends on
         the seed and the epoch alone (and a resumed run sees the same order).
@@ -82,11 +83,11 @@ class Data:
         order = torch.randperm(n, generator=generator) if generator is not None else None
         if order is not None:
             order = order.to(split.x.device)
-        for start in range(0, n, batch_size):
+        for i in range(start, n, batch_size):
             if order is None:
-                x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+                x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
             else:
-                idx = order[start : start + batch_size]
+                idx = order[i : i + batch_size]
                 x, y = split.x[idx], split.y[idx]
             yield self.prepare(x, train), y
 

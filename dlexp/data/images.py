@@ -76,11 +76,44 @@ def _open(name: str, make, root: str, download: bool, split: str = "letters"):
                 f"data={name}: could not download into {folder} ({type(err).__name__}: {err}). "
                 f"Without internet, place the files from {_SOURCES[name]} there by hand."
             ) from err
+        bad = _damaged_file(folder, files)
+        which = f"{bad} is truncated or corrupt" if bad else f"a file in {folder} is damaged"
         raise DlexpError(
-            f"data={name}: could not read the files in {folder} ({type(err).__name__}: {err}). "
-            f"A file there is probably truncated or corrupt; nothing was deleted. Replace it "
-            f"(or move the folder away and run with data.download=true)."
+            f"data={name}: could not read the data files: {which} ({type(err).__name__}: "
+            f"{err}). Nothing was deleted. Replace the file with a good copy (or move the "
+            f"folder away and run with data.download=true)."
         ) from err
+
+
+def _damaged_file(folder: Path, files: list[str]) -> Path | None:
+    """The first file whose size or content does not fit its format, if one can be found."""
+    import pickle
+    import struct
+
+    for name in files:
+        path = folder / name
+        size = path.stat().st_size
+        if "-idx" in name:  # IDX: magic, big-endian dims, then prod(dims) bytes
+            with path.open("rb") as f:
+                head = f.read(4)
+                ndim = head[3] if len(head) == 4 else 0
+                dims = f.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                return path
+            expected = 4 + 4 * ndim + int(np.prod(struct.unpack(f">{ndim}I", dims)))
+            if size != expected:
+                return path
+        elif name.endswith("_X.bin") and (size == 0 or size % (3 * 96 * 96)):
+            return path
+        elif name.endswith("_y.bin") and size == 0:
+            return path
+        elif folder.name == "cifar-10-batches-py":
+            try:
+                with path.open("rb") as f:
+                    pickle.load(f, encoding="latin1")
+            except Exception:
+                return path
+    return None
 
 
 def _mnist_like(name: str, cls, root: str, download: bool) -> Raw:
