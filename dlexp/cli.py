@@ -19,6 +19,7 @@ commands:
            config groups and options: dlexp train --help
   eval     score a finished run on its test split: dlexp eval run=<run folder or .pt> [ckpt=best]
   data     list the data sets, whether their files are present and how to get them
+  report   compare the jobs of a sweep: dlexp report outputs/sweeps/<time> [metric=val/acc]
 
 Runs land in outputs/ (see them with: tensorboard --logdir outputs).
 """
@@ -83,6 +84,25 @@ def resume_args(args: list[str]) -> list[str]:
     return args
 
 
+def resume_sweep_args(args: list[str]) -> list[str]:
+    """`-m ... sweep.resume=true`: reuse the latest sweep folder made by the same command."""
+    if "sweep.resume=true" not in args or not ({"-m", "--multirun"} & set(args)):
+        return args
+    import yaml
+
+    wanted = sorted(a for a in args if not a.startswith("-") and a != "sweep.resume=true")
+    root = Path(os.environ.get("DLEXP_OUTPUTS", "outputs")) / "sweeps"
+    for sweep in sorted(root.glob("*"), reverse=True):
+        multirun = sweep / "multirun.yaml"
+        if multirun.is_file():
+            task = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
+            if sorted(a for a in task if a != "sweep.resume=true") == wanted:
+                print(f"dlexp: resuming the sweep in {sweep}")
+                return [*args, f"hydra.sweep.dir={sweep}"]
+    print("dlexp: no earlier sweep with these overrides; starting a new one")
+    return args
+
+
 def cmd_train(args: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -107,11 +127,12 @@ def cmd_train(args: list[str]) -> None:
                 raise
             if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not stop a sweep
                 print(f"dlexp: job failed: {err}", file=sys.stderr)
-                return None
+                return float("nan")  # a failed trial, for sweepers that optimise
             fail(str(err))
-        return metrics.get(cfg.get("objective", ""))
+        objective = cfg.objective or ("val/acc" if "val/acc" in metrics else "val/loss")
+        return metrics.get(objective)
 
-    sys.argv = ["dlexp train", *resume_args(args)]
+    sys.argv = ["dlexp train", *resume_sweep_args(resume_args(args))]
     main()
 
 
@@ -182,7 +203,30 @@ def cmd_data(args: list[str]) -> None:
             print(f"  {'':<14} {'':<14} (online), or copy {', '.join(missing)} there")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+REPORT_HELP = """usage: dlexp report <sweep folder> [metric=test/acc] [plot=true]
+
+A table of every job of a sweep (its swept values, final train/val/test metrics, status and
+time), sorted by the metric with the best job marked; writes summary.csv and a plot of the
+metric against the first swept value (one line per value of the second) into the folder.
+"""
+
+
+def cmd_report(args: list[str]) -> None:
+    if not args or "-h" in args or "--help" in args:
+        print(REPORT_HELP)
+        return
+    folder, *rest = args
+    opts = parse_pairs(rest, {"metric": "", "plot": "true"}, "report")
+    from dlexp.errors import DlexpError
+    from dlexp.report import report
+
+    try:
+        report(folder, opts["metric"] or None, plot=opts["plot"] != "false")
+    except DlexpError as err:
+        fail(str(err))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,6 +262,8 @@ def run() -> None:
             print(exit_.code, file=sys.stderr)
     except KeyboardInterrupt:
         code = 130
+    if "joblib.externals.loky" in sys.modules:  # its worker cleanup runs at normal exit
+        raise SystemExit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -209,6 +210,12 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         log.info(f"resuming {run_dir} from {path.name}")
     run_dir = Path(run_dir or hydra_run_dir() or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "metrics.json"
+    if cfg.get("sweep", {}).get("resume") and done.is_file():
+        metrics = json.loads(done.read_text())
+        if metrics.get("status") == "completed":
+            log.info(f"{run_dir.name}: already finished, skipped (sweep.resume=true)")
+            return metrics
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.trainer.deterministic)
     data, task, model = build(cfg, device)

@@ -21,8 +21,12 @@ class MLP(nn.Module):
         batch_norm: bool = False,
         init: str = "default",
         init_std: float = 0.01,
+        width: int | None = None,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
+        if width is not None or depth is not None:  # the course's breadth x depth sweeps
+            hidden = [width or 64] * (1 if depth is None else depth)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size in hidden:

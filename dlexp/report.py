@@ -1,0 +1,204 @@
+"""`dlexp report <sweep folder>`: one row per job, the best marked, a CSV and the course's plot.
+
+Works on a finished, partly failed or still running sweep: a job folder without metrics.json
+is reported as running (or never started).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlexp.errors import DlexpError
+
+try:  # Hydra's callback base class; the summary is written when a multirun ends
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+def _value(text: str) -> Any:
+    """An override's value as a number when it is one (for sorting and plotting)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def collect(sweep: Path) -> list[dict[str, Any]]:
+    """One dict per job: its folder, overrides, status, time and final metrics."""
+    if not sweep.is_dir():
+        raise DlexpError(
+            f"{sweep} is not a folder; give a sweep folder such as outputs/sweeps/<time>."
+        )
+    rows = []
+    for job in sorted(sweep.iterdir(), key=lambda p: (len(p.name), p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            continue
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        row: dict[str, Any] = {"job": job.name, "folder": job}
+        row["overrides"] = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+        metrics_file = job / "metrics.json"
+        if metrics_file.is_file():
+            metrics = json.loads(metrics_file.read_text())
+            row["status"] = metrics.get("status", "?")
+            row["time_s"] = metrics.get("time_s")
+            row.update(
+                {k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))}
+            )
+        else:
+            row["status"] = "running"
+        rows.append(row)
+    if not rows:
+        raise DlexpError(
+            f"{sweep} holds no sweep jobs (no sub-folder with .hydra/overrides.yaml); give the "
+            "folder of a `dlexp train -m ...` sweep, e.g. outputs/sweeps/<time>."
+        )
+    return rows
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The override keys whose values differ between jobs, in command-line order."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row["overrides"] if k not in keys]
+    return [k for k in keys if len({str(r["overrides"].get(k)) for r in rows}) > 1]
+
+
+def pick_metric(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, bool]:
+    """The metric to sort by (default: test accuracy, else test loss) and whether higher is better."""
+    available = {k for r in rows for k in r if k.startswith(("train/", "val/", "test/"))}
+    if metric is None:
+        metric = next(
+            (m for m in ("test/acc", "val/acc", "test/loss", "val/loss") if m in available), None
+        )
+    if metric is None:
+        return "", True
+    if available and metric not in available:
+        raise DlexpError(
+            f"metric={metric} is not in this sweep's results; use one of {', '.join(sorted(available))}."
+        )
+    return metric, not metric.endswith(("loss", "mse", "error"))
+
+
+def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> list[dict[str, Any]]:
+    """Print the table; write summary.csv (and <metric>.png) into the sweep folder."""
+    sweep = Path(sweep)
+    rows = collect(sweep)
+    metric, higher = pick_metric(rows, metric)
+    keys = swept_keys(rows)
+    done = [r for r in rows if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])]
+    best = max(done, key=lambda r: r[metric] if higher else -r[metric]) if done else None
+    rows.sort(
+        key=lambda r: (r not in done, -(r.get(metric) or 0) if higher else r.get(metric) or 0)
+    )
+    _print_table(sweep, rows, keys, metric, best)
+    _write_csv(sweep / "summary.csv", rows, keys)
+    if plot and keys and done:
+        _plot(sweep / f"{metric.replace('/', '_')}.png", done, keys, metric)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    order = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
+    present = {k for r in rows for k in r}
+    extra = sorted(
+        k for k in present if k.startswith(("train/", "val/", "test/")) and k not in order
+    )
+    return [k for k in order if k in present] + extra
+
+
+def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{sweep}  (sorted by {metric or 'job'}; * = best)")
+    table.add_column("")
+    table.add_column("job")
+    for key in keys:
+        table.add_column(key)
+    metrics = _columns(rows)
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("status")
+    table.add_column("time s", justify="right")
+    for r in rows:
+        cells = ["*" if r is best else "", r["job"].split("_", 1)[0]]
+        cells += [str(r["overrides"].get(k, "")) for k in keys]
+        cells += [f"{r[m]:.4f}" if isinstance(r.get(m), int | float) else "" for m in metrics]
+        cells += [r["status"], f"{r['time_s']:.1f}" if r.get("time_s") else ""]
+        table.add_row(*cells, style="bold green" if r is best else None)
+    wide = 30 + 12 * (len(keys) + len(metrics)) + sum(len(k) for k in keys)
+    Console(width=max(Console().width, wide)).print(table)
+
+
+def _write_csv(path: Path, rows, keys) -> None:
+    metrics = _columns(rows)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["job", *keys, *metrics, "status", "time_s", "folder"])
+        for r in rows:
+            writer.writerow(
+                [
+                    r["job"],
+                    *(r["overrides"].get(k, "") for k in keys),
+                    *(r.get(m, "") for m in metrics),
+                    r["status"],
+                    r.get("time_s", ""),
+                    r["folder"],
+                ]
+            )
+
+
+def _plot(path: Path, rows, keys, metric: str) -> None:
+    """The metric against the first swept key, one line per value of the second (the course's plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, line_key = keys[0], keys[1] if len(keys) > 1 else None
+    groups: dict[str, list[tuple[Any, float]]] = {}
+    for r in rows:
+        label = f"{line_key}={r['overrides'].get(line_key)}" if line_key else metric
+        groups.setdefault(label, []).append((_value(r["overrides"].get(x_key, "")), r[metric]))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    numeric = all(
+        isinstance(x, int | float) and not isinstance(x, bool)
+        for g in groups.values()
+        for x, _ in g
+    )
+    for label, points in groups.items():
+        if numeric:
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+        else:
+            ax.plot([str(p[0]) for p in points], [p[1] for p in points], "o-", label=label)
+    xs = [x for g in groups.values() for x, _ in g]
+    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by {x_key}" + (f" and {line_key}" if line_key else ""))
+    ax.grid(alpha=0.3)
+    if line_key:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, write its summary.csv and plot into the sweep folder."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            report(Path(config.hydra.sweep.dir), config.get("objective") or None)
+        except DlexpError as err:
+            print(f"dlexp: no sweep summary: {err}")

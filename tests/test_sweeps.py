@@ -1,0 +1,192 @@
+"""Experiments and sweeps: every experiment file runs, reports, HParams, Optuna, joblib, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import dlexp, make_cfg, read_hparams
+from dlexp.cli import config_dir, main
+from dlexp.data import load_data
+from dlexp.train import train
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+def sweep_params(name: str) -> dict[str, str]:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params or {})
+
+
+def only_sweep(env) -> Path:
+    (sweep,) = (Path(env["DLEXP_OUTPUTS"]) / "sweeps").iterdir()
+    return sweep
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted(
+        (p for p in sweep.iterdir() if (p / ".hydra").is_dir()),
+        key=lambda p: int(p.name.split("_")[0]),
+    )
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs(name, env, tmp_path):
+    params = sweep_params(name)
+    quick = ["trainer.epochs=1", "trainer.progress=none"]
+    if not params:
+        metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path)
+        assert metrics["status"] == "completed"
+        return
+    # A 2-job version of the sweep: two values of the first swept key, one of the others.
+    first, *rest = params
+    cut = [f"{first}={','.join(params[first].split(',')[:2])}"]
+    cut += [f"{k}={params[k].split(',')[0]}" for k in rest]
+    main(["train", "-m", f"experiment={name}", *quick, *cut])
+    done = jobs(only_sweep(env))
+    assert len(done) == 2
+    for job in done:
+        assert json.loads((job / "metrics.json").read_text())["status"] in ("completed", "diverged")
+    assert (only_sweep(env) / "summary.csv").is_file()
+
+
+def test_course_sizes_are_in_the_experiments(env):
+    iris = make_cfg("experiment=ann_iris")
+    assert list(iris.model.hidden) == [64, 64] and iris.optimizer.lr == 0.01
+    assert iris.optimizer._target_.endswith("SGD")
+    assert list(make_cfg("experiment=mnist_ffn").model.hidden) == [64, 32, 32]
+    cifar = make_cfg("experiment=cifar10_milestone").model
+    assert [b.channels for b in cifar.blocks] == [64, 128, 256] and cifar.batch_norm
+    assert make_cfg("experiment=fashion_mnist_milestone").data.augment.hflip
+
+
+def test_width_and_depth_build_the_hidden_layers(env, tmp_path):
+    train(make_cfg("model.width=8", "model.depth=3", "trainer.epochs=1"), run_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    shapes = [tuple(v.shape) for k, v in state.items() if k.endswith("weight")]
+    assert shapes == [(8, 4), (8, 8), (8, 8), (3, 8)]
+
+
+def test_shifted_test_images(env):
+    plain = load_data(make_cfg("data=mnist").data, seed=0)
+    rolled = load_data(make_cfg("data=mnist", "data.test_roll=6").data, seed=0)
+    assert torch.equal(rolled.test.x, torch.roll(plain.test.x, 6, dims=-1))
+    assert torch.equal(rolled.train.x, plain.train.x)
+
+
+def test_four_job_sweep_report_csv_plot_and_hparams(env):
+    main(["train", "-m", "optimizer=sgd,adam", "optimizer.lr=0.1,0.001", "trainer.epochs=2"])
+    sweep = only_sweep(env)
+    assert len(jobs(sweep)) == 4 and (sweep / "multirun.yaml").is_file()
+    for job in jobs(sweep):
+        hparams, metric_tags = read_hparams(job)
+        assert hparams["optimizer"] in ("sgd", "adam") and hparams["optimizer.lr"] in (
+            "0.1",
+            "0.001",
+        )
+        assert {"val/acc", "test/acc"} <= set(metric_tags)
+        assert (
+            len(list(job.glob("events.out.tfevents.*"))) == 1
+        )  # one run per job, no stray sub-runs
+    (sweep / "summary.csv").unlink()
+
+    result = dlexp("report", str(sweep), "metric=test/acc", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 4 and {r["optimizer"] for r in rows} == {"sgd", "adam"}
+    accs = [float(r["test/acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    best_line = next(
+        line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("*")
+    )
+    assert f"{accs[0]:.4f}" in best_line
+    png = sweep / "test_acc.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_a_partly_failed_and_running_sweep(env):
+    main(
+        [
+            "train",
+            "-m",
+            "data=regression",
+            "optimizer=sgd",
+            "optimizer.lr=1e6,0.01,0.001",
+            "trainer.epochs=1",
+        ]
+    )
+    sweep = only_sweep(env)
+    (jobs(sweep)[2] / "metrics.json").unlink()  # as if still running
+    result = dlexp("report", str(sweep), env=env)
+    assert result.returncode == 0, result.stderr
+    statuses = {
+        r["job"].split("_")[0]: r["status"] for r in csv.DictReader((sweep / "summary.csv").open())
+    }
+    assert statuses == {"0": "diverged", "1": "completed", "2": "running"}
+    missing = dlexp("report", str(sweep / "nope"), env=env)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_sweep_resume_skips_finished_jobs(env):
+    args = ["train", "-m", "optimizer.lr=0.01,0.001", "trainer.epochs=1"]
+    main(args)
+    sweep = only_sweep(env)
+    first = [(j / "metrics.json").read_text() for j in jobs(sweep)]
+    (jobs(sweep)[1] / "metrics.json").unlink()  # this one "did not finish"
+    main([*args, "sweep.resume=true"])
+    assert only_sweep(env) == sweep  # the same folder, no new sweep
+    assert (jobs(sweep)[0] / "metrics.json").read_text() == first[0]  # skipped, untouched
+    assert "already finished, skipped" in (jobs(sweep)[0] / "train.log").read_text()
+    assert json.loads((jobs(sweep)[1] / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_optuna_search_optimises_the_objective(env):
+    main(
+        [
+            "train",
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.direction=maximize",
+            "optimizer.lr=interval(0.001,0.1)",
+            "trainer.epochs=2",
+        ]
+    )
+    sweep = only_sweep(env)
+    assert len(jobs(sweep)) == 4
+    vals = [json.loads((j / "metrics.json").read_text())["val/acc"] for j in jobs(sweep)]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(max(vals))
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(env):
+    main(
+        [
+            "train",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optimizer.lr=0.01,0.001",
+            "trainer.epochs=1",
+        ]
+    )
+    done = jobs(only_sweep(env))
+    assert len(done) == 2
+    assert all(json.loads((j / "metrics.json").read_text())["status"] == "completed" for j in done)
+
+
+def test_slurm_example_launcher_composes(env):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=dlexp_slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (
+        launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 120
+    )
