@@ -66,7 +66,16 @@ _CHECKS = [
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Refuse out-of-range or mistyped values before any work starts."""
+    """Refuse missing, out-of-range or mistyped values before any work starts."""
+    # ??? values, and the keys an experiment lists under `requires` (a ??? cannot replace a
+    # value the model config already set, so experiments name their required keys there).
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing += [k for k in cfg.get("requires") or [] if OmegaConf.select(cfg, k) in (None, "")]
+    if missing:
+        raise DlexpError(
+            f"{', '.join(missing)} must be given for this config, e.g. dlexp train ... "
+            f"{missing[0]}=<value> (for model.init_from: a run folder or checkpoint file)."
+        )
     for key, ok, hint in _CHECKS:
         value = OmegaConf.select(cfg, key)
         if value is not None and not (ok(value) and not isinstance(value, bool)):
@@ -156,7 +165,7 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
 def build(cfg: DictConfig, device: torch.device):
     """Data (on the device), task and model for a config; shared by train and eval."""
     data = load_data(cfg.data, cfg.seed).to(device)
-    task = build_task(cfg.data.task, data.meta, cfg.get("loss"))
+    task = build_task(cfg.task, cfg.data.task, data.meta, cfg.get("loss"))
     torch.manual_seed(cfg.seed)  # the same initial weights whatever the data loading did
     model = build_model(cfg.model, data.meta, task.num_outputs)
     return data, task, model

@@ -129,13 +129,15 @@ class Trainer:
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """Metrics over a whole split (and the outputs, if `keep`)."""
         model.eval()
+        task.start_eval()
         sums: dict[str, torch.Tensor] = {}
         outputs = []
         for x, y in data.batches(split, batch_size):
+            x, target = task.prepare(x, y, train=False)
             with self.autocast():
                 out = model(self._memory_format(x))
-                loss = task.loss(out, y)
-            for k, v in task.sums(out, y, loss).items():
+                loss = task.loss(out, target)
+            for k, v in task.sums(out, target, loss, x).items():
                 sums[k] = sums[k] + v if k in sums else v
             if keep:
                 outputs.append(out.float())
@@ -208,6 +210,7 @@ class Trainer:
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
                 metrics["samples_per_s"] = self.pos["seen"] / seconds
                 self._log_scalars({**metrics, "epoch": epoch})
+                self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
                 progress.end_epoch(epoch, metrics, seconds)
@@ -236,8 +239,7 @@ class Trainer:
         final["time_s"] = time.perf_counter() - start
         if not cfg.test_every_epoch:
             self._log_scalars({f"test/{k}": v for k, v in test.items()})
-        if outputs is not None:
-            task.final_report(self.writer, outputs, data.test.y, self.pos["step"])
+        self._report(task.final_report, model, data, outputs, run_dir=self.run_dir)
         self._write_hparams(hparams, final)
         self.writer.flush()
         final["history"] = self.pos["history"]
@@ -263,9 +265,10 @@ class Trainer:
         for x, y in batches:
             if pos["batch"] >= steps:
                 break
+            x, target = task.prepare(x, y, train=True)
             with self.autocast():
                 out = step_model(self._memory_format(x))
-                loss = task.loss(out, y)
+                loss = task.loss(out, target)
                 total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 else loss
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
@@ -276,7 +279,7 @@ class Trainer:
             self.scaler.update()
             if step_scheduler is not None:
                 step_scheduler.step()
-            for k, v in task.sums(out, y, loss).items():
+            for k, v in task.sums(out, target, loss, x).items():
                 pos["sums"][k] = pos["sums"][k] + v if k in pos["sums"] else v
             # Track the first bad step on the device: no host sync per step.
             bad_step = torch.where(
@@ -380,6 +383,13 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- TensorBoard
+    @torch.inference_mode()
+    def _report(self, report, model: nn.Module, data: Data, *args, **kwargs) -> None:
+        """A task's TensorBoard extras, computed in eval mode at the current step."""
+        model.eval()
+        with self.autocast():
+            report(self.writer, model, data, *args, step=self.pos["step"], **kwargs)
+
     def _log_scalars(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.writer.add_scalar(k, v, self.pos["step"])

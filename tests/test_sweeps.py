@@ -41,8 +41,13 @@ def jobs(sweep: Path) -> list[Path]:
 def test_every_experiment_runs(name, env, tmp_path):
     params = sweep_params(name)
     quick = ["trainer.epochs=1", "trainer.progress=none"]
+    if name == "ae_pretrain_classify":  # starts from an autoencoder run: make one first
+        train(
+            make_cfg("experiment=ae_mnist", "data=fashion_mnist", *quick), run_dir=tmp_path / "ae"
+        )
+        quick.append(f"model.init_from={tmp_path / 'ae'}")
     if not params:
-        metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path)
+        metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path / "run")
         assert metrics["status"] == "completed"
         return
     # A 2-job version of the sweep: two values of the first swept key, one of the others.

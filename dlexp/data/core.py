@@ -55,6 +55,7 @@ class Data:
     test: Split
     meta: DataMeta
     augment: dict = field(default_factory=dict)
+    normalize: str = "standard"  # images: standard (mean/std), unit ([0, 1]) or symmetric ([-1, 1])
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def to(self, device: torch.device) -> Data:
@@ -103,8 +104,12 @@ class Data:
 
     def _normaliser(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._norm is None or self._norm[0].device != device:
-            mean = torch.tensor(self.meta.mean, device=device).view(1, -1, 1, 1)
-            std = torch.tensor(self.meta.std, device=device).view(1, -1, 1, 1)
+            if self.normalize == "standard":
+                mean = torch.tensor(self.meta.mean, device=device).view(1, -1, 1, 1)
+                std = torch.tensor(self.meta.std, device=device).view(1, -1, 1, 1)
+            else:  # unit: [0, 1]; symmetric: [-1, 1]
+                mean = torch.full((1, 1, 1, 1), 0.0 if self.normalize == "unit" else 0.5, device=device)
+                std = torch.full((1, 1, 1, 1), 1.0 if self.normalize == "unit" else 0.5, device=device)
             self._norm = (-mean / std, 1.0 / (255.0 * std))
         return self._norm
 
@@ -204,4 +209,7 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         mu, sigma = train.x.mean(0), train.x.std(0).clamp_min(1e-8)
         train, val, test = (Split((s.x - mu) / sigma, s.y) for s in (train, val, test))
     augment = {k: v for k, v in (cfg.get("augment") or {}).items() if v}
-    return Data(train, val, test, meta, augment)
+    normalize = cfg.get("normalize", "standard")
+    if normalize not in ("standard", "unit", "symmetric"):
+        raise DlexpError(f"data.normalize={normalize!r} is not known; use standard, unit or symmetric.")
+    return Data(train, val, test, meta, augment, normalize)

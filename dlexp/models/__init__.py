@@ -1,14 +1,99 @@
-"""Plain nn.Modules sized from the data's metadata; built with hydra's instantiate."""
+"""Plain nn.Modules sized from the data's metadata; built with hydra's instantiate.
+
+Three keys of a `model` config are not constructor arguments: `init_from` (start from the
+weights of another run, matched by name and shape), `freeze` and `trainable` (parameter-name
+patterns to keep fixed, or the only ones to train).
+"""
 
 from __future__ import annotations
 
+import logging
+from fnmatch import fnmatch
+
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dlexp.checkpoint import find_checkpoint, load_checkpoint
 from dlexp.data import DataMeta
+from dlexp.errors import DlexpError
+
+log = logging.getLogger("dlexp")
+NOT_ARGUMENTS = ("init_from", "freeze", "trainable")
 
 
-def build_model(cfg: DictConfig, meta: DataMeta, num_outputs: int) -> nn.Module:
+def build_model(cfg: DictConfig, meta: DataMeta, num_outputs: int | None) -> nn.Module:
     """Instantiate the `model` config for this data's input shape and `num_outputs` outputs."""
-    return instantiate(cfg, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
+    node = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_ARGUMENTS])
+    model = instantiate(node, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
+    if cfg.get("init_from"):
+        copy_matching(model, cfg.init_from)
+    if cfg.get("freeze") or cfg.get("trainable"):
+        freeze(model, list(cfg.get("freeze") or []), cfg.get("trainable"))
+    return model
+
+
+def copy_matching(model: nn.Module, source: str) -> None:
+    """Copy every tensor of `source`'s model whose name and shape match; say what was not."""
+    path = find_checkpoint(source, "last")
+    theirs = load_checkpoint(path)["model"]
+    ours = model.state_dict()
+    copied, skipped = [], []
+    for name, value in theirs.items():
+        if name not in ours:
+            skipped.append(f"{name} (not in this model)")
+        elif ours[name].shape != value.shape:
+            skipped.append(
+                f"{name} (shape {tuple(value.shape)} there, {tuple(ours[name].shape)} here)"
+            )
+        else:
+            ours[name] = value
+            copied.append(name)
+    if not copied:
+        raise DlexpError(
+            f"model.init_from={source}: no tensor of {path} matches this model by name and shape, "
+            "so nothing could be copied. Use a run of a model with the same layers (e.g. an "
+            "autoencoder's encoder for an MLP whose hidden sizes match it)."
+        )
+    model.load_state_dict(ours)
+    fresh = [n for n in ours if n not in copied]
+    log.info(f"init_from {path}: copied {len(copied)} tensors ({', '.join(copied)})")
+    if skipped:
+        log.info(f"  skipped {len(skipped)}: {'; '.join(skipped)}")
+    if fresh:
+        log.info(f"  newly initialised here: {', '.join(fresh)}")
+
+
+def freeze(model: nn.Module, patterns: list[str], trainable: list[str] | None) -> None:
+    """Fix the parameters whose names match `patterns` (or all but those matching `trainable`).
+
+    Frozen batch-norm layers also keep their running statistics: they always run as in
+    evaluation, whatever mode the rest of the model is in.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in [*patterns, *(trainable or [])]:
+        if not any(fnmatch(n, pattern) for n in names):
+            raise DlexpError(
+                f"model.freeze/trainable pattern {pattern!r} matches no parameter; the names are "
+                f"{', '.join(names)}"
+            )
+    for name, p in model.named_parameters():
+        matched = any(fnmatch(name, pat) for pat in patterns)
+        if trainable is not None:
+            matched = not any(fnmatch(name, pat) for pat in trainable)
+        p.requires_grad_(not matched)
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and params
+            and not any(p.requires_grad for p in params)
+        ):
+            module.register_forward_pre_hook(_eval_mode)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(f"trainable parameters: {total - frozen:,}; frozen: {frozen:,}")
+
+
+def _eval_mode(module: nn.Module, inputs) -> None:
+    module.training = False

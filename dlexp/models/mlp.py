@@ -1,4 +1,4 @@
-"""Feed-forward net: Linear -> [BatchNorm] -> activation -> [Dropout], repeated, then a Linear out."""
+"""Feed-forward net: a body of Linear -> [BatchNorm] -> activation -> [Dropout] layers, then a Linear head."""
 
 from __future__ import annotations
 
@@ -27,19 +27,31 @@ class MLP(nn.Module):
         super().__init__()
         if width is not None or depth is not None:  # the course's breadth x depth sweeps
             hidden = [width or 64] * (1 if depth is None else depth)
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(input_shape)
-        for size in hidden:
-            layers.append(nn.Linear(width, size))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(make_activation(activation))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, num_outputs))
-        self.net = nn.Sequential(*layers)
+        self.body, width = dense_stack(
+            math.prod(input_shape), hidden, activation, batch_norm, dropout
+        )
+        self.head = nn.Linear(width, num_outputs)
         init_weights(self, init, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.head(self.body(x))
+
+
+def dense_stack(
+    width: int, hidden: list[int], activation: str, batch_norm: bool = False, dropout: float = 0.0
+) -> tuple[nn.Sequential, int]:
+    """Flatten, then Linear -> [BatchNorm] -> activation -> [Dropout] per hidden size.
+
+    The MLP's body and the dense autoencoder's encoder are both this stack, so their
+    parameter names match and a classifier can start from a trained encoder (init_from).
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    for size in hidden:
+        layers.append(nn.Linear(width, size))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(make_activation(activation))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return nn.Sequential(*layers), width

@@ -12,16 +12,21 @@ from omegaconf import DictConfig
 
 from dlexp.data import DataMeta
 from dlexp.errors import DlexpError
+from dlexp.tasks.base import Task
 from dlexp.tasks.classification import Classification
+from dlexp.tasks.reconstruction import Reconstruction
 from dlexp.tasks.regression import Regression
 
-TASKS = ("classification", "regression")
+TASKS = ("auto", "classification", "regression", "reconstruct")
 
 
 def build_task(
-    name: str, meta: DataMeta, loss_cfg: DictConfig | None
-) -> Classification | Regression:
+    cfg: DictConfig, data_task: str, meta: DataMeta, loss_cfg: DictConfig | None
+) -> Task:
+    """The task named by `task.name`; `auto` follows the data (classification or regression)."""
     loss = instantiate(loss_cfg) if loss_cfg else None
+    options = {k: v for k, v in cfg.items() if k != "name"}
+    name = data_task if cfg.name == "auto" else cfg.name
     if name == "classification":
         if meta.num_classes < 2:
             raise DlexpError(
@@ -31,4 +36,6 @@ def build_task(
         return Classification(meta.num_classes, meta.class_names, loss)
     if name == "regression":
         return Regression(loss)
-    raise DlexpError(f"data.task={name!r} is not known; use one of {', '.join(TASKS)}.")
+    if name == "reconstruct":
+        return Reconstruction(loss, **options)
+    raise DlexpError(f"task.name={name!r} is not known; use one of {', '.join(TASKS)}.")

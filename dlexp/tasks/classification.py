@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlexp.tasks.base import Task
 
-class Classification:
-    monitor, mode = "acc", "max"  # the validation metric that picks best.pt
+
+class Classification(Task):
+    monitor, mode = "acc", "max"
 
     def __init__(self, num_classes: int, class_names: list[str], loss: nn.Module | None = None):
         self.binary = num_classes == 2
@@ -25,22 +27,18 @@ class Classification:
             return self.loss_fn(out.squeeze(1), y.to(out.dtype))
         return self.loss_fn(out, y)
 
-    def sums(
-        self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
         return {
             "loss": loss.detach().float() * len(y),
             "acc": (self.predict(out.detach()) == y).sum().float(),
         }
 
-    def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        values = torch.stack(list(sums.values())).div(max(count, 1)).tolist()
-        return dict(zip(sums, values, strict=True))
-
-    def final_report(self, writer, outputs: torch.Tensor, targets: torch.Tensor, step: int) -> None:
+    def final_report(self, writer, model, data, outputs, step: int, run_dir) -> None:
         """A confusion-matrix image of the test set in TensorBoard."""
+        if outputs is None:
+            return
         n = self.num_classes
-        pairs = targets.cpu() * n + self.predict(outputs).cpu()
+        pairs = data.test.y.cpu() * n + self.predict(outputs).cpu()
         cm = torch.bincount(pairs, minlength=n * n).view(n, n)
         writer.add_image("test/confusion_matrix", confusion_image(cm, self.class_names), step)
 

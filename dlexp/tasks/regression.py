@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlexp.tasks.base import Task
 
-class Regression:
+
+class Regression(Task):
     monitor, mode = "loss", "min"
     num_outputs = 1
 
@@ -16,9 +18,7 @@ class Regression:
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(out, y.view_as(out).to(out.dtype))
 
-    def sums(
-        self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
         p, t = out.detach().float().flatten(), y.float().flatten()
         return {
             "loss": loss.detach().float() * len(y),
@@ -37,6 +37,3 @@ class Regression:
         var_t = s["tt"] / n - (s["t"] / n) ** 2
         corr = cov / (var_p * var_t) ** 0.5 if var_p > 0 and var_t > 0 else 0.0
         return {"loss": s["loss"] / n, "corr": corr}
-
-    def final_report(self, writer, outputs: torch.Tensor, targets: torch.Tensor, step: int) -> None:
-        pass

@@ -1,0 +1,146 @@
+"""Autoencoders: dense (optionally with tied weights) and convolutional, sized from the data.
+
+Both name their encoder like the classifiers name their feature extractor (`body` for the
+dense one, like MLP; `features` for the convolutional one, like CNN), so `model.init_from` can
+start a classifier from a trained encoder by matching parameter names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlexp.errors import DlexpError
+from dlexp.models.cnn import conv_block
+from dlexp.models.layers import init_weights, make_activation
+from dlexp.models.mlp import dense_stack
+
+
+class DenseAutoencoder(nn.Module):
+    """The course's 784-250-50-250-784 autoencoder: ReLU inside, sigmoid out.
+
+    With `tied=True` the decoder has biases only and reuses the encoder's weight matrices,
+    transposed, in reverse order.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int | None = None,
+        hidden: list[int] = (250,),
+        latent: int = 50,
+        activation: str = "relu",
+        tied: bool = False,
+        init: str = "default",
+        init_std: float = 0.01,
+        units: int | None = None,
+    ) -> None:
+        super().__init__()
+        if units is not None:  # one hidden layer each side (the course's units x bottleneck sweep)
+            hidden = [units]
+        self.input_shape = tuple(input_shape)
+        size = math.prod(input_shape)
+        self.body, _ = dense_stack(size, [*hidden, latent], activation)
+        self.tied = tied
+        widths = [size, *hidden, latent]
+        if tied:
+            self.decoder_bias = nn.ParameterList(
+                nn.Parameter(torch.zeros(w)) for w in reversed(widths[:-1])
+            )
+        else:
+            layers: list[nn.Module] = []
+            for a, b in zip(reversed(widths[1:]), reversed(widths[:-1]), strict=True):
+                layers += [nn.Linear(a, b), make_activation(activation)]
+            layers[-1] = nn.Sigmoid()
+            self.decoder = nn.Sequential(*layers)
+        self.activation = make_activation(activation)
+        init_weights(self, init, init_std)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.tied:
+            linears = [m for m in self.body if isinstance(m, nn.Linear)]
+            for i, (layer, bias) in enumerate(
+                zip(reversed(linears), self.decoder_bias, strict=True)
+            ):
+                z = F.linear(z, layer.weight.t(), bias)
+                z = torch.sigmoid(z) if i == len(linears) - 1 else self.activation(z)
+        else:
+            z = self.decoder(z)
+        return z.view(-1, *self.input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class ConvAutoencoder(nn.Module):
+    """Conv encoder blocks, then ConvTranspose2d layers that retrace them back to the input size.
+
+    Course default (CIFAR-10): 3-16-32-64 channels, kernel 4, stride 2, padding 1, and back.
+    Each transposed layer's output_padding is chosen so that it restores the exact size its
+    mirror image had (28 -> 14 -> 7 -> 3 comes back as 3 -> 7 -> 14 -> 28).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int | None = None,
+        blocks: list[Mapping] = (),
+        activation: str = "relu",
+        batch_norm: bool = False,
+        init: str = "default",
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise DlexpError(
+                f"model=cnn_autoencoder needs images, but this data set is tabular with "
+                f"{input_shape[0]} feature(s); use model=autoencoder or an image data set."
+            )
+        convs, ch, sizes = [], input_shape[0], [tuple(input_shape)]
+        for spec in blocks:
+            convs.append(conv_block(ch, spec, activation, batch_norm, 0.0))
+            ch = spec["channels"]
+        self.features = nn.Sequential(*convs)
+        with torch.no_grad():
+            x = torch.zeros(1, *input_shape)
+            for block in self.features:
+                x = block(x)
+                sizes.append(tuple(x.shape[1:]))
+        if min(sizes[-1][1:]) < 1:
+            raise DlexpError(
+                f"model.blocks shrink the {input_shape[1]}x{input_shape[2]} images to nothing."
+            )
+        layers: list[nn.Module] = []
+        for i, spec in reversed(list(enumerate(blocks))):
+            (c_out, *out_hw), (c_in, *in_hw) = sizes[i], sizes[i + 1]
+            k, s, p = spec.get("kernel", 4), spec.get("stride", 2), spec.get("padding", 1)
+            if spec.get("pool"):
+                raise DlexpError(
+                    "model.blocks of cnn_autoencoder use strided convolutions; set pool: null."
+                )
+            extra = tuple(o - ((n - 1) * s - 2 * p + k) for o, n in zip(out_hw, in_hw, strict=True))
+            if not all(0 <= e < max(s, 1) for e in extra):
+                raise DlexpError(
+                    f"model.blocks[{i}] (kernel {k}, stride {s}, padding {p}) cannot be undone by a "
+                    f"transposed convolution back to {out_hw[0]}x{out_hw[1]}; use kernel 4, stride 2, "
+                    "padding 1."
+                )
+            layers.append(
+                nn.ConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=extra)
+            )
+            layers.append(make_activation(activation) if i else nn.Sigmoid())
+        self.decoder = nn.Sequential(*layers)
+        init_weights(self, init, init_std)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.features(x))

@@ -1,0 +1,45 @@
+"""The interface the trainer drives; every task fills in what it needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Task:
+    monitor: str = "loss"  # the validation metric that picks best.pt ...
+    mode: str = "min"  # ... and whether higher ("max") or lower ("min") is better
+    num_outputs: int | None = None  # what the model's output layer must produce
+
+    def prepare(
+        self, x: torch.Tensor, y: torch.Tensor, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's input and the loss's target for a batch."""
+        return x, y
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sums(
+        self, out: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, inputs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-batch metric sums, kept on the device (no host sync)."""
+        return {"loss": loss.detach().float() * len(target)}
+
+    def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Epoch metrics from the summed values: one host sync per epoch."""
+        values = torch.stack(list(sums.values())).double().div(max(count, 1)).tolist()
+        return dict(zip(sums, values, strict=True))
+
+    def start_eval(self) -> None:
+        """Called before each evaluation pass (e.g. to make its randomness repeatable)."""
+
+    def epoch_report(self, writer, model: nn.Module, data, step: int) -> None:
+        """TensorBoard extras after each epoch."""
+
+    def final_report(
+        self, writer, model: nn.Module, data, outputs, step: int, run_dir: Path
+    ) -> None:
+        """TensorBoard extras and files at the end, from the test split's outputs."""

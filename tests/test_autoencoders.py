@@ -1,0 +1,116 @@
+"""Autoencoders: dense, tied and convolutional; denoising and occlusion; encoders reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_cfg, read_tags
+from dlexp.checkpoint import load_checkpoint
+from dlexp.cli import main
+from dlexp.data import load_data
+from dlexp.models import build_model
+from dlexp.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+from dlexp.tasks.reconstruction import Reconstruction
+from dlexp.train import train
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "extra"),
+    [
+        ("autoencoder", "mnist", []),
+        ("autoencoder", "mnist", ["task.noise=0.3"]),
+        ("autoencoder", "fashion_mnist", ["task.occlusion=3", "model.tied=true"]),
+        ("cnn_autoencoder", "mnist", ["task.noise=0.2"]),
+        ("cnn_autoencoder", "cifar10", []),
+    ],
+)
+def test_autoencoders_train_and_leave_images(model, data, extra, env, tmp_path):
+    metrics = train(
+        make_cfg(f"model={model}", f"data={data}", "trainer.epochs=1", *extra), tmp_path
+    )
+    assert metrics["status"] == "completed" and 0 < metrics["test/mse"] < 0.5
+    if any("noise" in e or "occlusion" in e for e in extra):
+        assert metrics["test/input_mse"] > 0
+        assert metrics["test/gain"] == pytest.approx(
+            metrics["test/input_mse"] - metrics["test/mse"]
+        )
+    tags = read_tags(tmp_path)
+    assert "reconstructions" in tags["images"] and "test/latent_pca" in tags["images"]
+    for png in ("reconstructions.png", "latent_pca.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "projector_config.pbtxt").is_file()  # the embedding projector entry
+
+
+def test_denoising_learns_to_beat_its_noisy_input(env, tmp_path):
+    metrics = train(
+        make_cfg("model=autoencoder", "data=mnist", "task.noise=0.4", "trainer.epochs=8"), tmp_path
+    )
+    assert metrics["test/gain"] > 0  # the output is closer to the clean image than the input
+
+
+def test_occlusion_draws_one_white_bar_per_image():
+    task = Reconstruction(occlusion=3)
+    x = torch.zeros(16, 1, 28, 28)
+    out = task.corrupt(x, torch.Generator().manual_seed(0))
+    for img in out[:, 0]:
+        rows, cols = (img == 1).any(1), (img == 1).any(0)
+        assert (rows.sum() == 3 and cols.all()) or (cols.sum() == 3 and rows.all())
+
+
+def test_tied_autoencoder_shares_the_encoder_weights():
+    untied = DenseAutoencoder((1, 28, 28), hidden=[250], latent=50)
+    tied = DenseAutoencoder((1, 28, 28), hidden=[250], latent=50, tied=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == 784 * 250 + 250 * 50
+    x = torch.rand(4, 1, 28, 28)
+    assert tied(x).shape == x.shape and (tied(x) >= 0).all() and (tied(x) <= 1).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 96, 96)])
+def test_conv_autoencoder_restores_the_input_size(shape):
+    blocks = [
+        {"channels": c, "kernel": 4, "stride": 2, "padding": 1, "pool": None} for c in (16, 32, 64)
+    ]
+    model = ConvAutoencoder(shape, blocks=blocks)
+    x = torch.rand(2, *shape)
+    assert model(x).shape == x.shape
+
+
+def test_classifier_starts_from_the_encoder_and_frozen_layers_stay(env, tmp_path):
+    ae_run = tmp_path / "ae"
+    train(make_cfg("model=autoencoder", "data=fashion_mnist", "trainer.epochs=1"), ae_run)
+    encoder = {
+        k: v
+        for k, v in load_checkpoint(ae_run / "checkpoints" / "last.pt")["model"].items()
+        if k.startswith("body")
+    }
+    assert set(encoder) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"}
+
+    cfg = make_cfg("experiment=ae_pretrain_classify", f"model.init_from={ae_run}")
+    data = load_data(cfg.data, cfg.seed)
+    start = build_model(cfg.model, data.meta, 10).state_dict()
+    assert all(torch.equal(start[k], v) for k, v in encoder.items())  # exact copies
+
+    frozen = tmp_path / "frozen"
+    main(
+        [
+            "train",
+            "experiment=ae_pretrain_classify",
+            f"model.init_from={ae_run}",
+            "model.freeze=[body*]",
+            "trainer.epochs=1",
+            f"hydra.run.dir={frozen}",
+        ]
+    )
+    after = load_checkpoint(frozen / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())  # frozen: unchanged
+    assert not torch.equal(after["head.weight"], start["head.weight"])  # the head trained
+    log = (frozen / "train.log").read_text()
+    assert "copied 4 tensors" in log and "newly initialised here: head.weight, head.bias" in log
+    assert "trainable parameters: 510; frozen: 208,800" in log
+
+
+def test_pretrain_experiment_without_init_from_says_what_is_missing(env, tmp_path):
+    with pytest.raises(Exception, match=r"model\.init_from must be given"):
+        train(make_cfg("experiment=ae_pretrain_classify"), tmp_path)
