@@ -20,6 +20,7 @@ commands:
   eval     score a finished run on its test split: dlexp eval run=<run folder or .pt> [ckpt=best]
   data     list the data sets, whether their files are present and how to get them
   report   compare the jobs of a sweep: dlexp report outputs/sweeps/<time> [metric=val/acc]
+  weights  are a torchvision model's pretrained weights cached? dlexp weights resnet18 [download=true]
 
 Runs land in outputs/ (see them with: tensorboard --logdir outputs).
 """
@@ -226,7 +227,46 @@ def cmd_report(args: list[str]) -> None:
         fail(str(err))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "report": cmd_report}
+WEIGHTS_HELP = """usage: dlexp weights <backbone> [weights=DEFAULT] [download=false]
+
+Says whether a torchvision model's pretrained weights are in torch's cache
+($TORCH_HOME/hub/checkpoints), with the file name and URL; download=true fetches them.
+"""
+
+
+def cmd_weights(args: list[str]) -> None:
+    if not args or "-h" in args or "--help" in args:
+        print(WEIGHTS_HELP)
+        return
+    backbone, *rest = args
+    opts = parse_pairs(rest, {"weights": "DEFAULT", "download": "false"}, "weights")
+    from dlexp.errors import DlexpError
+    from dlexp.models.transfer import load_weights, weights_enum, weights_file
+
+    try:
+        weights = weights_enum(backbone, opts["weights"])
+        if weights is None:
+            fail("weights=none has no file; name a weights enum (DEFAULT, IMAGENET1K_V1, ...).")
+        path, url = weights_file(weights)
+        if opts["download"] == "true" and not path.is_file():
+            load_weights(weights, backbone, download=True)
+    except DlexpError as err:
+        fail(str(err))
+    state = "present" if path.is_file() else "missing"
+    print(f"{backbone} {weights}: {state}\n  file: {path}\n  url:  {url}")
+    if state == "missing":
+        print(
+            f"  get it: dlexp weights {backbone} download=true (online), or download the url into that folder"
+        )
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "data": cmd_data,
+    "report": cmd_report,
+    "weights": cmd_weights,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,6 +192,15 @@ class Trainer:
         start = time.perf_counter()
         metrics: dict[str, float] = dict(self.pos["history"][-1]) if self.pos["history"] else {}
 
+        if cfg.eval_before and resume is None:  # the starting point, e.g. before fine-tuning
+            before = {}
+            for split in ("val", "test"):
+                values, _ = self.evaluate(task, model, data, getattr(data, split), eval_batch_size)
+                before.update({f"{split}/{k}": v for k, v in values.items()})
+            self._log_scalars(before)
+            self.pos["history"].append({"epoch": 0, **before})
+            log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
+
         with self._signals(), Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
             while self.pos["epoch"] < cfg.epochs:
                 epoch = self.pos["epoch"] + 1

@@ -16,6 +16,11 @@ from dlexp.cli import config_dir, main
 from dlexp.data import load_data
 from dlexp.train import train
 
+STARTS_FROM = {
+    "ae_pretrain_classify": ["experiment=ae_mnist", "data=fashion_mnist"],
+    "transfer_mnist_to_fashion": ["experiment=mnist_cnn"],
+    "transfer_letters_to_digits": ["experiment=emnist_cnn"],
+}
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 
 
@@ -41,11 +46,11 @@ def jobs(sweep: Path) -> list[Path]:
 def test_every_experiment_runs(name, env, tmp_path):
     params = sweep_params(name)
     quick = ["trainer.epochs=1", "trainer.progress=none"]
-    if name == "ae_pretrain_classify":  # starts from an autoencoder run: make one first
-        train(
-            make_cfg("experiment=ae_mnist", "data=fashion_mnist", *quick), run_dir=tmp_path / "ae"
-        )
-        quick.append(f"model.init_from={tmp_path / 'ae'}")
+    if name in STARTS_FROM:  # these continue another run: make that one first
+        train(make_cfg(*STARTS_FROM[name], *quick), run_dir=tmp_path / "source")
+        quick.append(f"model.init_from={tmp_path / 'source'}")
+    if name.startswith("stl10_"):  # no ImageNet weights offline
+        quick += ["model.weights=none", "model.resize=64"]
     if not params:
         metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path / "run")
         assert metrics["status"] == "completed"
