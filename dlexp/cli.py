@@ -20,6 +20,7 @@ commands:
   eval     score a finished run on its test split: dlexp eval run=<run folder or .pt> [ckpt=best]
   data     list the data sets, whether their files are present and how to get them
   report   compare the jobs of a sweep: dlexp report outputs/sweeps/<time> [metric=val/acc]
+  sample   images from a trained GAN: dlexp sample run=<run folder> n=64 out=grid.png
   weights  are a torchvision model's pretrained weights cached? dlexp weights resnet18 [download=true]
 
 Runs land in outputs/ (see them with: tensorboard --logdir outputs).
@@ -153,15 +154,10 @@ def cmd_eval(args: list[str]) -> None:
         fail(
             "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
         )
-    import logging
-
+    _log_to_console()
     from dlexp.errors import user_error
     from dlexp.evaluate import evaluate
-    from dlexp.progress import console_handler
 
-    logger = logging.getLogger("dlexp")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(console_handler())
     try:
         evaluate(opts["run"], opts["ckpt"], opts["device"])
     except Exception as exc:
@@ -260,8 +256,47 @@ def cmd_weights(args: list[str]) -> None:
         )
 
 
+SAMPLE_HELP = """usage: dlexp sample run=<GAN run folder or .pt> [n=64] [out=samples.png] [seed=0]
+
+Draws n images from a trained GAN's generator and saves them as one PNG grid.
+"""
+
+
+def cmd_sample(args: list[str]) -> None:
+    if "-h" in args or "--help" in args:
+        print(SAMPLE_HELP)
+        return
+    opts = parse_pairs(args, {"run": "", "n": "64", "out": "samples.png", "seed": "0"}, "sample")
+    if not opts["run"]:
+        fail("`dlexp sample` needs run=<GAN run folder or checkpoint file>.")
+    if not opts["n"].isdigit() or int(opts["n"]) < 1:
+        fail(f"n={opts['n']} is not valid: it must be a whole number >= 1, e.g. n=64.")
+    _log_to_console()
+    from dlexp.errors import user_error
+    from dlexp.sample import sample
+
+    try:
+        sample(opts["run"], int(opts["n"]), opts["out"], int(opts["seed"]))
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
+        fail(str(err))
+
+
+def _log_to_console() -> None:
+    import logging
+
+    from dlexp.progress import console_handler
+
+    logger = logging.getLogger("dlexp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(console_handler())
+
+
 COMMANDS = {
     "train": cmd_train,
+    "sample": cmd_sample,
     "eval": cmd_eval,
     "data": cmd_data,
     "report": cmd_report,

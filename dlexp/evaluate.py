@@ -22,6 +22,7 @@ def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     cfg.device.type = device
+    cfg.model.init_from = None  # the checkpoint already holds every weight
     seed_everything(cfg.seed)
     dev = resolve_device(cfg.device)
     data, task, model = build(cfg, dev)

@@ -229,11 +229,12 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     device = resolve_device(cfg.device, cfg.trainer.deterministic)
     data, task, model = build(cfg, device)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg.optimizer, params, device)
+    # One optimizer per parameter group the task names (a GAN: `optimizer` and `optimizer_d`).
+    groups = task.parameter_groups(model)
+    optimizers = {key: build_optimizer(cfg[key], params, device) for key, params in groups.items()}
     steps = math.ceil(len(data.train) / cfg.data.batch_size) * cfg.trainer.epochs
-    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps)
-    n_params = sum(p.numel() for p in params)
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizers["optimizer"], steps)
+    n_params = sum(p.numel() for params in groups.values() for p in params)
     log.info(
         f"{type(model).__name__} ({n_params:,} parameters) on {data.meta.name}: "
         f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test samples, "
@@ -257,7 +258,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             task,
             model,
             data,
-            optimizer,
+            optimizers,
             scheduler,
             interval,
             cfg.data.batch_size,

@@ -17,6 +17,7 @@ import logging
 import math
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,16 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         outputs = []
         for x, y in data.batches(split, batch_size):
-            x, target = task.prepare(x, y, train=False)
             with self.autocast():
-                out = model(self._memory_format(x))
-                loss = task.loss(out, target)
-            for k, v in task.sums(out, target, loss, x).items():
+                if task.manual:
+                    batch_sums, out = task.eval_batch(model, self._memory_format(x), y)
+                else:
+                    x, target = task.prepare(x, y, train=False)
+                    out = model(self._memory_format(x))
+                    batch_sums = task.sums(out, target, task.loss(out, target), x)
+            for k, v in batch_sums.items():
                 sums[k] = sums[k] + v if k in sums else v
-            if keep:
+            if keep and out is not None:
                 outputs.append(out.float())
         metrics = task.summarize(sums, len(split)) if len(split) else {}
         return metrics, torch.cat(outputs) if keep and outputs else None
@@ -150,7 +154,7 @@ class Trainer:
         task,
         model: nn.Module,
         data: Data,
-        optimizer: torch.optim.Optimizer,
+        optimizers: dict[str, torch.optim.Optimizer],
         scheduler,
         scheduler_interval: str,
         batch_size: int,
@@ -161,7 +165,8 @@ class Trainer:
         cfg = self.cfg
         self.prepare(model)
         self.task, self.model, self.data = task, model, data
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizers, self.scheduler = optimizers, scheduler
+        optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
         step_model = model
         if cfg.compile:
             log.info("compiling the model with torch.compile (the first steps will be slow)")
@@ -213,6 +218,7 @@ class Trainer:
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
+                metrics.update({f"val/{k}": v for k, v in self._extra(task, model, data).items()})
                 if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
@@ -256,7 +262,8 @@ class Trainer:
 
     def _train_epoch(self, step_model, batch_size, steps, step_scheduler, progress) -> None:
         """The rest of the current epoch; metric sums stay on the device."""
-        cfg, pos, task, model, optimizer = self.cfg, self.pos, self.task, self.model, self.optimizer
+        cfg, pos, task, model = self.cfg, self.pos, self.task, self.model
+        optimizer = self.optimizers["optimizer"]
         # Plain Python copies of what is read every step (a DictConfig lookup is slow).
         l1, clip, log_every = float(cfg.l1), cfg.grad_clip, int(cfg.log_every_steps)
         every_steps = cfg.checkpoint_every_steps or 0
@@ -274,21 +281,27 @@ class Trainer:
         for x, y in batches:
             if pos["batch"] >= steps:
                 break
-            x, target = task.prepare(x, y, train=True)
-            with self.autocast():
-                out = step_model(self._memory_format(x))
-                loss = task.loss(out, target)
-                total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 else loss
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if clip:
-                self.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            if task.manual:  # e.g. a GAN's two optimizer steps
+                loss, step_sums = task.train_step(
+                    step_model, self._memory_format(x), y, self.optimizers, self.autocast
+                )
+            else:
+                x, target = task.prepare(x, y, train=True)
+                with self.autocast():
+                    out = step_model(self._memory_format(x))
+                    loss = task.loss(out, target)
+                    total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 else loss
+                optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if clip:
+                    self.scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                step_sums = task.sums(out, target, loss, x)
             if step_scheduler is not None:
                 step_scheduler.step()
-            for k, v in task.sums(out, target, loss, x).items():
+            for k, v in step_sums.items():
                 pos["sums"][k] = pos["sums"][k] + v if k in pos["sums"] else v
             # Track the first bad step on the device: no host sync per step.
             bad_step = torch.where(
@@ -304,8 +317,9 @@ class Trainer:
             )
             if step % log_every == 0 or due or self.signal is not None:
                 self._check_finite(bad_step)
-                if step % log_every == 0:
-                    self.writer.add_scalar("train/loss_step", loss.item(), step)
+                if step % log_every == 0:  # this step's metrics (the only syncs mid-epoch)
+                    for k, v in step_sums.items():
+                        self.writer.add_scalar(f"train/{k}_step", v.item() / len(y), step)
             if (due or self.signal is not None) and cfg.checkpoint:
                 self._save("last")
                 last_save = time.monotonic()
@@ -330,12 +344,13 @@ class Trainer:
     def _save(self, name: str, also_best: bool = False) -> None:
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             **{k: v for k, v in self.pos.items()},
             "rng": rng_state(),
             "config": self.config_yaml,
+            "meta": asdict(self.data.meta),
         }
         folder = self.run_dir / "checkpoints"
         try:
@@ -351,7 +366,8 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizer"][k])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -390,6 +406,12 @@ class Trainer:
             f"stopped by {name} in epoch {self.pos['epoch'] + 1}, after step {self.pos['step']}; {saved}"
             f"continue with: {self.resume_command}",
         )
+
+    @torch.inference_mode()
+    def _extra(self, task, model: nn.Module, data: Data) -> dict[str, float]:
+        model.eval()
+        with self.autocast():
+            return task.extra_metrics(model, data)
 
     # ---------------------------------------------------------------- TensorBoard
     @torch.inference_mode()

@@ -50,7 +50,7 @@ def test_every_experiment_runs(name, env, tmp_path):
         train(make_cfg(*STARTS_FROM[name], *quick), run_dir=tmp_path / "source")
         quick.append(f"model.init_from={tmp_path / 'source'}")
     if name.startswith("stl10_"):  # no ImageNet weights offline
-        quick += ["model.weights=none", "model.resize=64"]
+        quick += ["model.weights=none", "model.resize=32"]
     if not params:
         metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path / "run")
         assert metrics["status"] == "completed"

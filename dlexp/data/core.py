@@ -171,6 +171,47 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def _keep_classes(train: Split, test: Split | None, meta: DataMeta, wanted: list) -> tuple:
+    """Keep only the listed classes (by name, any case, or by index), relabelled 0..k-1."""
+    lower = [n.lower() for n in meta.class_names]
+    keep = []
+    for item in wanted:
+        if isinstance(item, int) and 0 <= item < meta.num_classes:
+            keep.append(item)
+        elif str(item).lower() in lower:
+            keep.append(lower.index(str(item).lower()))
+        else:
+            raise DlexpError(
+                f"data.classes: {item!r} is not a class of {meta.name}; its classes are "
+                f"{', '.join(meta.class_names)} (or their indices 0..{meta.num_classes - 1})."
+            )
+    table = torch.full((meta.num_classes,), -1, dtype=torch.long)
+    table[torch.tensor(keep)] = torch.arange(len(keep))
+
+    def only(s: Split | None) -> Split | None:
+        if s is None:
+            return None
+        mask = table[s.y] >= 0
+        return Split(s.x[mask], table[s.y[mask]])
+
+    names = [meta.class_names[i] for i in keep]
+    return only(train), only(test), replace(meta, num_classes=len(keep), class_names=names)
+
+
+def _resized(s: Split | None, size: int) -> Split | None:
+    """Images resized once at load (e.g. to DCGAN's 64x64), still uint8."""
+    if s is None:
+        return None
+    out = [
+        F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
+        for chunk in s.x.split(2048)
+    ]
+    return Split(torch.cat(out), s.y)
+
+
 def _check_fraction(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise DlexpError(
@@ -186,8 +227,13 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
 
     raw = load_raw(cfg)
     meta = raw.meta
-    classify = meta.num_classes > 0
     train, test = raw.train, raw.test
+    if cfg.get("classes"):
+        train, test, meta = _keep_classes(train, test, meta, list(cfg.classes))
+    if cfg.get("resize") and meta.kind == "image":
+        train, test = (_resized(s, int(cfg.resize)) for s in (train, test))
+        meta.input_shape = (meta.input_shape[0], int(cfg.resize), int(cfg.resize))
+    classify = meta.num_classes > 0
     if test is None:  # tabular sets: hold out a test split first
         _check_fraction("test_fraction", cfg.test_fraction)
         keep, hold = _split(train.y, cfg.test_fraction, seed, classify)

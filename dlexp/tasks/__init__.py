@@ -12,12 +12,13 @@ from omegaconf import DictConfig
 
 from dlexp.data import DataMeta
 from dlexp.errors import DlexpError
+from dlexp.tasks.adversarial import Adversarial
 from dlexp.tasks.base import Task
 from dlexp.tasks.classification import Classification
 from dlexp.tasks.reconstruction import Reconstruction
 from dlexp.tasks.regression import Regression
 
-TASKS = ("auto", "classification", "regression", "reconstruct")
+TASKS = ("auto", "classification", "regression", "reconstruct", "adversarial")
 
 
 def build_task(
@@ -38,4 +39,6 @@ def build_task(
         return Regression(loss)
     if name == "reconstruct":
         return Reconstruction(loss, **options)
+    if name == "adversarial":
+        return Adversarial(**options)
     raise DlexpError(f"task.name={name!r} is not known; use one of {', '.join(TASKS)}.")

@@ -9,6 +9,7 @@ from torch import nn
 
 
 class Task:
+    manual: bool = False  # True: the task runs its own training and evaluation steps
     monitor: str = "loss"  # the validation metric that picks best.pt ...
     mode: str = "min"  # ... and whether higher ("max") or lower ("min") is better
     num_outputs: int | None = None  # what the model's output layer must produce
@@ -32,6 +33,14 @@ class Task:
         """Epoch metrics from the summed values: one host sync per epoch."""
         values = torch.stack(list(sums.values())).double().div(max(count, 1)).tolist()
         return dict(zip(sums, values, strict=True))
+
+    def parameter_groups(self, model: nn.Module) -> dict[str, list]:
+        """Parameters per optimizer config key (a GAN has `optimizer` and `optimizer_d`)."""
+        return {"optimizer": [p for p in model.parameters() if p.requires_grad]}
+
+    def extra_metrics(self, model: nn.Module, data) -> dict[str, float]:
+        """Validation metrics that are not sums over batches (e.g. a GAN's sample quality)."""
+        return {}
 
     def start_eval(self) -> None:
         """Called before each evaluation pass (e.g. to make its randomness repeatable)."""

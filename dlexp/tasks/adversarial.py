@@ -1,0 +1,148 @@
+"""Adversarial training (GANs): two optimizers, BCE losses, sample grids, a quality score.
+
+Each step first trains the discriminator on a real batch (label 1) and a generated one
+(label 0), then the generator to make the discriminator say 1. Metrics: d_loss, g_loss,
+d_real = mean D(x) and d_fake = mean D(G(z)) (as probabilities). With
+`task.quality_from=<classifier run>` (a dlexp classifier of the same data), every evaluation
+also scores generated samples with it: `quality` is the classifier-based Inception score
+(exp of the mean KL divergence between per-sample and average class probabilities: high when
+samples are confidently recognisable and varied) and `confidence` its mean top probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlexp.tasks.base import Task
+
+log = logging.getLogger("dlexp")
+
+
+class Adversarial(Task):
+    manual = True  # the task runs its own optimizer steps
+
+    def __init__(self, show: int = 64, quality_from: str | None = None, quality_samples: int = 500):
+        self.show, self.quality_samples = int(show), int(quality_samples)
+        self._gen: torch.Generator | None = None
+        self.quality_from = quality_from
+        self.classifier: nn.Module | None = None
+        self.monitor, self.mode = ("quality", "max") if quality_from else ("g_loss", "min")
+
+    def parameter_groups(self, model) -> dict[str, list]:
+        return {
+            "optimizer": list(model.generator.parameters()),
+            "optimizer_d": list(model.discriminator.parameters()),
+        }
+
+    def train_step(
+        self, model, x, y, optimizers, autocast
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        opt_g, opt_d = optimizers["optimizer"], optimizers["optimizer_d"]
+        n = len(x)
+        with autocast():
+            fake = model.sample(n)
+            d_real = model.discriminator(x).float()
+            d_fake = model.discriminator(fake.detach()).float()
+            loss_d = F.binary_cross_entropy_with_logits(
+                d_real, torch.ones_like(d_real)
+            ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        with autocast():
+            d_gen = model.discriminator(fake).float()
+            loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        sums = {
+            "d_loss": loss_d.detach() * n,
+            "g_loss": loss_g.detach() * n,
+            "d_real": torch.sigmoid(d_real.detach()).sum(),
+            "d_fake": torch.sigmoid(d_fake.detach()).sum(),
+        }
+        return loss_d.detach() + loss_g.detach(), sums
+
+    def eval_batch(self, model, x, y):
+        """D on real held-out images and on generated ones (fixed noise: repeatable)."""
+        n = len(x)
+        if self._gen is None or self._gen.device != x.device:
+            self._gen = torch.Generator(device=x.device).manual_seed(0)
+        d_real = model.discriminator(x).float()
+        d_fake = model.discriminator(model.sample(n, self._gen)).float()
+        loss_d = F.binary_cross_entropy_with_logits(
+            d_real, torch.ones_like(d_real)
+        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        sums = {
+            "d_loss": loss_d * n,
+            "g_loss": loss_g * n,
+            "d_real": torch.sigmoid(d_real).sum(),
+            "d_fake": torch.sigmoid(d_fake).sum(),
+        }
+        return sums, None
+
+    def start_eval(self) -> None:
+        self._gen = None
+
+    def extra_metrics(self, model, data) -> dict[str, float]:
+        """The classifier-based quality score of fresh samples (if a classifier was given)."""
+        if not self.quality_from:
+            return {}
+        classifier = self._classifier(data, next(model.parameters()).device)
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(1)
+        images = (model.sample(self.quality_samples, gen).float() + 1) / 2  # to [0, 1]
+        probs = torch.softmax(classifier(self._as_classifier_input(images, data)).float(), dim=1)
+        marginal = probs.mean(0, keepdim=True)
+        kl = (probs * (probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
+        return {"quality": kl.mean().exp().item(), "confidence": probs.max(1).values.mean().item()}
+
+    def _classifier(self, data, device) -> nn.Module:
+        if self.classifier is None:
+            from omegaconf import OmegaConf
+
+            from dlexp.checkpoint import find_checkpoint, load_checkpoint
+            from dlexp.data import DataMeta
+            from dlexp.models import build_model
+
+            state = load_checkpoint(find_checkpoint(self.quality_from))
+            cfg = OmegaConf.create(state["config"])
+            meta = DataMeta(**state["meta"]) if state.get("meta") else data.meta
+            meta.input_shape = tuple(meta.input_shape)
+            self.classifier_meta = meta
+            model = build_model(cfg.model, meta, meta.num_classes if meta.num_classes > 2 else 1)
+            model.load_state_dict(state["model"])
+            self.classifier = model.to(device).eval()
+            log.info(f"quality score: samples are judged by the classifier in {self.quality_from}")
+        return self.classifier
+
+    def _as_classifier_input(self, images: torch.Tensor, data) -> torch.Tensor:
+        meta = self.classifier_meta
+        h, w = meta.input_shape[-2:]
+        if images.shape[-2:] != (h, w):
+            images = F.interpolate(
+                images, size=(h, w), mode="bilinear", antialias=True, align_corners=False
+            )
+        mean = torch.tensor(meta.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(meta.std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def _grid(self, model) -> torch.Tensor:
+        from torchvision.utils import make_grid
+
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+        samples = (model.sample(self.show, gen).float().cpu() + 1) / 2
+        return make_grid(samples.clamp(0, 1), nrow=int(self.show**0.5), pad_value=1.0)
+
+    def epoch_report(self, writer, model, data, step):
+        writer.add_image("samples", self._grid(model), step)
+
+    def final_report(self, writer, model, data, outputs, step, run_dir: Path):
+        from torchvision.utils import save_image
+
+        save_image(self._grid(model), run_dir / "samples.png")

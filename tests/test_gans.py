@@ -1,0 +1,101 @@
+"""GANs: both nets train, sample grids, resume with both optimizers, sampling, class filters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import dlexp, make_cfg, read_scalars, read_tags
+from dlexp.checkpoint import load_checkpoint
+from dlexp.cli import main
+from dlexp.data import load_data
+from dlexp.models import build_model
+from dlexp.train import train
+
+QUICK = ["trainer.epochs=1", "trainer.max_steps_per_epoch=3", "trainer.log_every_steps=1"]
+SMALL_DCGAN = "model.channels=[32,16,8,4]"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=gan_mnist"],
+        ["experiment=gan_fashion3"],
+        ["experiment=dcgan_fashion", SMALL_DCGAN],
+        ["experiment=dcgan_cifar10", SMALL_DCGAN],
+    ],
+)
+def test_gans_train_both_nets_and_leave_samples(overrides, env, tmp_path):
+    cfg = make_cfg(*overrides, *QUICK)
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start = build_model(cfg.model, data.meta, None).state_dict()
+    metrics = train(cfg, tmp_path)
+    assert {"train/d_loss", "train/g_loss", "val/d_real", "test/d_fake"} <= set(metrics)
+    after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    for net in ("generator", "discriminator"):
+        weights = [k for k in start if k.startswith(net) and k.endswith("weight")]
+        assert any(not torch.equal(start[k], after[k]) for k in weights), net
+    assert "samples" in read_tags(tmp_path)["images"]
+    steps = read_scalars(tmp_path)
+    for tag in ("train/d_loss_step", "train/g_loss_step", "train/d_real_step", "train/d_fake_step"):
+        assert [s for s, _ in steps[tag]] == list(range(1, metrics["steps"] + 1))
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_restores_both_optimizers(env, tmp_path):
+    train(make_cfg("model=gan", "data=mnist", "trainer.epochs=1"), tmp_path)
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    steps = first["step"]
+    assert set(first["optimizer"]) == {"optimizer", "optimizer_d"}
+    main(["train", f"trainer.resume={tmp_path}", "trainer.epochs=2"])
+    second = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert second["epoch"] == 2 and second["step"] == 2 * steps
+    for key in ("optimizer", "optimizer_d"):  # Adam's step counts went on from the checkpoint
+        counts = {float(s["step"]) for s in second["optimizer"][key]["state"].values()}
+        assert counts == {2.0 * steps}
+
+
+def test_sample_command_writes_a_grid_of_the_requested_size(env, tmp_path):
+    train(make_cfg("model=gan", "data=mnist", *QUICK), tmp_path / "run")
+    out = tmp_path / "grid.png"
+    result = dlexp("sample", f"run={tmp_path / 'run'}", "n=10", f"out={out}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (4 * 30 + 2, 3 * 30 + 2)  # 10 images of 28 px, 4 per row
+    train(make_cfg("trainer.epochs=1"), tmp_path / "iris")
+    refused = dlexp("sample", f"run={tmp_path / 'iris'}", env=env)
+    assert refused.returncode == 2 and "is not a GAN run" in refused.stderr
+
+
+def test_class_filter_by_name_and_index(env):
+    by_name = load_data(
+        make_cfg("data=fashion_mnist", "data.classes=[trouser,Sneaker,pullover]").data, 0
+    )
+    by_index = load_data(make_cfg("data=fashion_mnist", "data.classes=[1,7,2]").data, 0)
+    assert (
+        by_name.meta.class_names == ["Trouser", "Sneaker", "Pullover"]
+        and by_name.meta.num_classes == 3
+    )
+    assert torch.equal(by_name.train.y, by_index.train.y) and set(by_name.test.y.tolist()) == {
+        0,
+        1,
+        2,
+    }
+    with pytest.raises(Exception, match="'sock' is not a class of fashion_mnist"):
+        load_data(make_cfg("data=fashion_mnist", "data.classes=[sock]").data, 0)
+
+
+def test_quality_score_from_a_dlexp_classifier(env, tmp_path):
+    train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=2"), tmp_path / "clf")
+    metrics = train(
+        make_cfg("model=gan", "data=mnist", *QUICK, f"task.quality_from={tmp_path / 'clf'}"),
+        tmp_path / "gan",
+    )
+    assert 1.0 <= metrics["val/quality"] <= 10.0 and 0.1 <= metrics["val/confidence"] <= 1.0
+    assert "val/quality" in read_scalars(tmp_path / "gan")
+
+
+def test_dcgan_needs_64_pixel_images(env, tmp_path):
+    with pytest.raises(Exception, match=r"set data\.resize=64"):
+        train(make_cfg("model=dcgan", "data=mnist", "data.resize=null", *QUICK), tmp_path)
