@@ -21,6 +21,7 @@ commands:
   data     list the data sets, whether their files are present and how to get them
   report   compare the jobs of a sweep: dlexp report outputs/sweeps/<time> [metric=val/acc]
   sample   images from a trained GAN: dlexp sample run=<run folder> n=64 out=grid.png
+  stylize  style transfer: dlexp stylize content=photo.jpg style=painting.jpg
   weights  are a torchvision model's pretrained weights cached? dlexp weights resnet18 [download=true]
 
 Runs land in outputs/ (see them with: tensorboard --logdir outputs).
@@ -256,6 +257,28 @@ def cmd_weights(args: list[str]) -> None:
         )
 
 
+STYLIZE_HELP = """usage: dlexp stylize [content=<image>] [style=<image>] [other overrides]
+
+Shortcut for `dlexp train experiment=style_transfer data.content=... data.style=...`: paints
+the content image in the style of the style image (VGG19 features, Gram matrices). Without
+images it uses the built-in demo pair. The result is stylized.png in the run folder.
+"""
+
+
+def cmd_stylize(args: list[str]) -> None:
+    if "-h" in args or "--help" in args:
+        print(STYLIZE_HELP)
+        return
+    renamed = {"content": "data.content", "style": "data.style"}
+    overrides = [
+        renamed.get(a.partition("=")[0], a.partition("=")[0]) + "=" + a.partition("=")[2]
+        if "=" in a
+        else a
+        for a in args
+    ]
+    cmd_train(["experiment=style_transfer", *overrides])
+
+
 SAMPLE_HELP = """usage: dlexp sample run=<GAN run folder or .pt> [n=64] [out=samples.png] [seed=0]
 
 Draws n images from a trained GAN's generator and saves them as one PNG grid.
@@ -297,6 +320,7 @@ def _log_to_console() -> None:
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
+    "stylize": cmd_stylize,
     "eval": cmd_eval,
     "data": cmd_data,
     "report": cmd_report,

@@ -283,7 +283,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         writer.close()
     metrics["status"] = "completed"
     write_metrics(run_dir, metrics)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
+    split = "test/" if any(k.startswith("test/") for k in metrics) else "train/"
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(split))
     log.info(f"final {shown}")
     log.info(f"run saved in {run_dir}")
     return metrics

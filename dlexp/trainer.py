@@ -113,7 +113,8 @@ class Trainer:
     def prepare(self, model: nn.Module) -> None:
         """Move the model to the device; channels-last memory for conv nets."""
         has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        self.channels_last = bool(self.cfg.channels_last and has_conv)
+        wants = getattr(model, "channels_last", True)  # a model may opt out (style transfer)
+        self.channels_last = bool(self.cfg.channels_last and has_conv and wants)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -194,6 +195,7 @@ class Trainer:
                 f"resuming at epoch {self.pos['epoch'] + 1}, batch {self.pos['batch']} "
                 f"(step {self.pos['step']})"
             )
+        task.begin(model, data, fresh=resume is None)
         start = time.perf_counter()
         metrics: dict[str, float] = dict(self.pos["history"][-1]) if self.pos["history"] else {}
 

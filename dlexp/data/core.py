@@ -247,6 +247,8 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
             s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
         )
 
+    if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
+        train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
     if cfg.get("test_roll"):  # the course's shifted-MNIST test: roll test images sideways
         test = Split(torch.roll(test.x, shifts=int(cfg.test_roll), dims=-1), test.y)
     if meta.kind == "image":

@@ -17,8 +17,9 @@ from dlexp.tasks.base import Task
 from dlexp.tasks.classification import Classification
 from dlexp.tasks.reconstruction import Reconstruction
 from dlexp.tasks.regression import Regression
+from dlexp.tasks.stylize import Stylize
 
-TASKS = ("auto", "classification", "regression", "reconstruct", "adversarial")
+TASKS = ("auto", "classification", "regression", "reconstruct", "adversarial", "stylize")
 
 
 def build_task(
@@ -41,4 +42,6 @@ def build_task(
         return Reconstruction(loss, **options)
     if name == "adversarial":
         return Adversarial(**options)
+    if name == "stylize":
+        return Stylize(**options)
     raise DlexpError(f"task.name={name!r} is not known; use one of {', '.join(TASKS)}.")

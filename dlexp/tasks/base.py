@@ -34,6 +34,9 @@ class Task:
         values = torch.stack(list(sums.values())).double().div(max(count, 1)).tolist()
         return dict(zip(sums, values, strict=True))
 
+    def begin(self, model: nn.Module, data, fresh: bool) -> None:
+        """Called once before training (`fresh`: not resumed from a checkpoint)."""
+
     def parameter_groups(self, model: nn.Module) -> dict[str, list]:
         """Parameters per optimizer config key (a GAN has `optimizer` and `optimizer_d`)."""
         return {"optimizer": [p for p in model.parameters() if p.requires_grad]}
