@@ -412,16 +412,14 @@ class Trainer:
     @torch.inference_mode()
     def _extra(self, task, model: nn.Module, data: Data) -> dict[str, float]:
         model.eval()
-        with self.autocast():
-            return task.extra_metrics(model, data)
+        return task.extra_metrics(model, data)
 
     # ---------------------------------------------------------------- TensorBoard
     @torch.inference_mode()
     def _report(self, report, model: nn.Module, data: Data, *args, **kwargs) -> None:
-        """A task's TensorBoard extras, computed in eval mode at the current step."""
+        """A task's TensorBoard extras, computed in eval mode (and fp32) at the current step."""
         model.eval()
-        with self.autocast():
-            report(self.writer, model, data, *args, step=self.pos["step"], **kwargs)
+        report(self.writer, model, data, *args, step=self.pos["step"], **kwargs)
 
     def _log_scalars(self, values: dict[str, float]) -> None:
         for k, v in values.items():

@@ -125,3 +125,18 @@ def test_compile_says_so_and_trains(env, tmp_path, caplog):
         make_cfg("model=cnn", "data=mnist", "trainer.epochs=1", "trainer.compile=true"), tmp_path
     )
     assert "torch.compile" in caplog.text and metrics["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=autoencoder", "data=mnist"],
+        ["model=gan", "data=mnist"],
+        ["experiment=style_transfer", "model.weights=none", "data.size=32", "data.repeat=2"],
+    ],
+)
+def test_bf16_autocast_for_every_task_and_its_reports(overrides, env, tmp_path):
+    """The reports (grids, PCA, samples) run in fp32 even when training uses autocast."""
+    metrics = train(make_cfg(*overrides, "trainer.epochs=1", "trainer.precision=bf16"), tmp_path)
+    assert metrics["status"] == "completed"
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
