@@ -83,6 +83,10 @@ def resume_args(args: list[str]) -> list[str]:
                 run = run_folder_of(find_checkpoint(value))
             except DlexpError as err:
                 fail(str(err))
+            if any(
+                a.startswith("hydra.run.dir=") for a in args
+            ):  # already set (e.g. by torchrun's parent)
+                return args
             return [*args, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
     return args
 
@@ -116,6 +120,17 @@ def cmd_train(args: list[str]) -> None:
     from dlexp.trainer import Interrupted
 
     check_output_root(args)
+    args = resume_sweep_args(resume_args(args))
+    devices = next((a.partition("=")[2] for a in args if a.startswith("trainer.devices=")), "1")
+    if devices.isdigit() and int(devices) > 1 and "WORLD_SIZE" not in os.environ:
+        if {"-m", "--multirun"} & set(args):
+            fail(
+                "trainer.devices>1 runs one job as several processes; it cannot be combined with -m."
+            )
+        from dlexp.distributed import default_run_dir, launch
+
+        run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
+        raise SystemExit(launch(args, int(devices), run_dir or default_run_dir(args)))
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def main(cfg) -> float | None:
@@ -135,7 +150,7 @@ def cmd_train(args: list[str]) -> None:
         objective = cfg.objective or ("val/acc" if "val/acc" in metrics else "val/loss")
         return metrics.get(objective)
 
-    sys.argv = ["dlexp train", *resume_sweep_args(resume_args(args))]
+    sys.argv = ["dlexp train", *args]
     main()
 
 

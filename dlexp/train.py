@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.checkpoint import find_checkpoint, load_checkpoint
 from dlexp.data import load_data
+from dlexp.distributed import NullWriter, setup
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
 from dlexp.tasks import build_task
@@ -227,7 +228,23 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             return metrics
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.trainer.deterministic)
+    ddp = setup(device.type)
+    if ddp.active:
+        if device.type == "cuda":
+            device = torch.device("cuda", ddp.local_rank)
+        if not ddp.main:  # rank 0 speaks for the run
+            logging.getLogger("dlexp").setLevel(logging.WARNING)
     data, task, model = build(cfg, device)
+    if ddp.world > 1:
+        if task.manual:
+            raise DlexpError(
+                f"trainer.devices={ddp.world}: task {cfg.task.name!r} runs its own optimizer steps "
+                "and is not supported across processes yet; use trainer.devices=1."
+            )
+        log.info(
+            f"{ddp.world} processes x data.batch_size {cfg.data.batch_size} = global batch "
+            f"{ddp.world * cfg.data.batch_size} (each process trains on its shard of every epoch)"
+        )
 
     # One optimizer per parameter group the task names (a GAN: `optimizer` and `optimizer_d`).
     groups = task.parameter_groups(model)
@@ -243,7 +260,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
 
     # Resuming appends to the run's TensorBoard log; purge_step drops what was logged after
     # the checkpoint, so no step appears twice.
-    writer = SummaryWriter(str(run_dir), purge_step=resume["step"] + 1 if resume else None)
+    purge = resume["step"] + 1 if resume else None
+    writer = SummaryWriter(str(run_dir), purge_step=purge) if ddp.main else NullWriter()
     trainer = Trainer(
         cfg.trainer,
         device,
@@ -252,6 +270,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         writer,
         OmegaConf.to_yaml(cfg, resolve=True),
         resume_command=f"dlexp train trainer.resume={run_dir}",
+        dist=ddp,
     )
     try:
         metrics = trainer.fit(
@@ -269,20 +288,22 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     except (Diverged, Interrupted) as err:
         status = "diverged" if isinstance(err, Diverged) else "interrupted"
         pos = getattr(trainer, "pos", {})
-        write_metrics(
-            run_dir,
-            {
-                "status": status,
-                "message": str(err),
-                "epochs": pos.get("epoch"),
-                "steps": pos.get("step"),
-            },
-        )
+        if ddp.main:
+            write_metrics(
+                run_dir,
+                {
+                    "status": status,
+                    "message": str(err),
+                    "epochs": pos.get("epoch"),
+                    "steps": pos.get("step"),
+                },
+            )
         raise
     finally:
         writer.close()
     metrics["status"] = "completed"
-    write_metrics(run_dir, metrics)
+    if ddp.main:
+        write_metrics(run_dir, metrics)
     split = "test/" if any(k.startswith("test/") for k in metrics) else "train/"
     shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(split))
     log.info(f"final {shown}")

@@ -27,6 +27,7 @@ from torch import nn
 
 from dlexp.checkpoint import save_checkpoint, save_json
 from dlexp.data import Data, Split
+from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
 
@@ -92,6 +93,7 @@ class Trainer:
         writer,
         config_yaml: str,
         resume_command: str = "",
+        dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -100,6 +102,7 @@ class Trainer:
         self.writer = writer
         self.config_yaml = config_yaml
         self.resume_command = resume_command
+        self.dist = dist or Dist()
         self.dtype = autocast_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.channels_last = False
@@ -172,7 +175,10 @@ class Trainer:
         if cfg.compile:
             log.info("compiling the model with torch.compile (the first steps will be slow)")
             step_model = torch.compile(model)
-        steps_per_epoch = math.ceil(len(data.train) / batch_size)
+        if self.dist.active:  # gradients averaged over the processes
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+        steps_per_epoch = math.ceil(len(data.train) / (batch_size * self.dist.world))
         if cfg.get("max_steps_per_epoch"):
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
         stop = cfg.early_stopping
@@ -208,7 +214,8 @@ class Trainer:
             self.pos["history"].append({"epoch": 0, **before})
             log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
-        with self._signals(), Progress(cfg.progress, cfg.epochs, steps_per_epoch) as progress:
+        shown = cfg.progress if self.dist.main else "none"
+        with self._signals(), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
             while self.pos["epoch"] < cfg.epochs:
                 epoch = self.pos["epoch"] + 1
                 progress.start_epoch(epoch, done=self.pos["batch"])
@@ -216,7 +223,7 @@ class Trainer:
                 step_scheduler = scheduler if scheduler_interval == "step" else None
                 self._train_epoch(step_model, batch_size, steps_per_epoch, step_scheduler, progress)
                 seconds = time.perf_counter() - tic
-                train = task.summarize(self.pos["sums"], self.pos["seen"])
+                train = task.summarize(*self.dist.sum(self.pos["sums"], self.pos["seen"]))
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
@@ -278,7 +285,12 @@ class Trainer:
         model.train()
         gen = epoch_generator(self.seed, pos["epoch"] + 1)
         batches = self.data.batches(
-            self.data.train, batch_size, gen, train=True, start=pos["batch"] * batch_size
+            self.data.train,
+            batch_size,
+            gen,
+            train=True,
+            start=pos["batch"] * batch_size,
+            shard=(self.dist.rank, self.dist.world),
         )
         for x, y in batches:
             if pos["batch"] >= steps:
@@ -344,6 +356,8 @@ class Trainer:
         )
 
     def _save(self, name: str, also_best: bool = False) -> None:
+        if not self.dist.main:  # one writer per run
+            return
         state = {
             "model": self.model.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -380,7 +394,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self):
-        """SIGINT/SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
+        """SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
 
         def handler(signum, frame):
             if self.signal is not None and signum == signal.SIGINT:
@@ -391,7 +405,13 @@ class Trainer:
             )
 
         try:
-            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            # SIGUSR1: the warning SLURM (and submitit) send before preempting a job.
+            wanted = [
+                signal.SIGINT,
+                signal.SIGTERM,
+                *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
+            ]
+            previous = {s: signal.signal(s, handler) for s in wanted}
         except ValueError:  # not the main thread: leave signals alone
             previous = {}
         try:
@@ -418,6 +438,8 @@ class Trainer:
     @torch.inference_mode()
     def _report(self, report, model: nn.Module, data: Data, *args, **kwargs) -> None:
         """A task's TensorBoard extras, computed in eval mode (and fp32) at the current step."""
+        if not self.dist.main:
+            return
         model.eval()
         report(self.writer, model, data, *args, step=self.pos["step"], **kwargs)
 

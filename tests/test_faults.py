@@ -89,7 +89,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(env, tmp_p
     assert not (Path(env["DLEXP_OUTPUTS"]) / "runs").exists()  # no stray new run folder
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)]
+)
 def test_signal_checkpoints_prints_resume_command_and_resume_finishes(sig, code, env, tmp_path):
     run = tmp_path / "run"
     proc = start([*LONG_RUN, "trainer.epochs=30"], env, run)

@@ -74,16 +74,20 @@ class Data:
         generator: torch.Generator | None = None,
         train: bool = False,
         start: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ready-to-use (x, y) batches from sample `start` on; shuffled with a generator.
 
         The permutation is drawn on the CPU from `generator` so that the data order depends on
-        the seed and the epoch alone (and a resumed run sees the same order).
+        the seed and the epoch alone (and a resumed run sees the same order). `shard=(rank,
+        world)` keeps one process's share of that order.
         """
         n = len(split)
         order = torch.randperm(n, generator=generator) if generator is not None else None
         if order is not None:
-            order = order.to(split.x.device)
+            rank, world = shard  # each process of a distributed run takes every world-th sample
+            order = order[rank::world].to(split.x.device)
+            n = len(order)
         for i in range(start, n, batch_size):
             if order is None:
                 x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
