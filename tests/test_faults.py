@@ -112,9 +112,13 @@ def test_signal_checkpoints_prints_resume_command_and_resume_finishes(sig, code,
 
 def test_second_ctrl_c_exits_at_once(env, tmp_path):
     run = tmp_path / "run"
-    proc = start([*LONG_RUN, "trainer.epochs=30", "trainer.checkpoint=false"], env, run)
-    wait_for(run / "train.log", proc)
-    time.sleep(2.0)  # well into training
+    proc = start([*LONG_RUN, "trainer.epochs=5000", "trainer.checkpoint=false"], env, run)
+    deadline = time.monotonic() + 120
+    while "epoch 1/" not in (
+        (run / "train.log").read_text() if (run / "train.log").exists() else ""
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
