@@ -16,7 +16,7 @@ from torch import nn
 
 from dlexp.errors import DlexpError
 from dlexp.models.cnn import conv_block
-from dlexp.models.layers import init_weights, make_activation
+from dlexp.models.layers import init_weights, make_activation, require_images
 from dlexp.models.mlp import dense_stack
 
 
@@ -98,11 +98,7 @@ class ConvAutoencoder(nn.Module):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise DlexpError(
-                f"model=cnn_autoencoder needs images, but this data set is tabular with "
-                f"{input_shape[0]} feature(s); use model=autoencoder or an image data set."
-            )
+        require_images(input_shape, "cnn_autoencoder", "model=autoencoder")
         convs, ch, sizes = [], input_shape[0], [tuple(input_shape)]
         for spec in blocks:
             convs.append(conv_block(ch, spec, activation, batch_norm, 0.0))

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from dlexp.errors import DlexpError
-from dlexp.models.layers import init_weights, make_activation
+from dlexp.models.layers import init_weights, make_activation, require_images
+from dlexp.models.mlp import dense_stack
 
 
 def conv_block(
@@ -58,12 +59,7 @@ class CNN(nn.Module):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise DlexpError(
-                f"model=cnn needs images (channels, height, width), but this data set is tabular "
-                f"with {input_shape[0]} feature(s). Use model=ann for tabular data, or an image "
-                "data set (data=mnist, fashion_mnist, emnist, cifar10 or stl10)."
-            )
+        require_images(input_shape, "cnn", "model=ann")
         convs, ch = [], input_shape[0]
         for spec in blocks:
             convs.append(conv_block(ch, spec, activation, batch_norm, conv_dropout))
@@ -78,18 +74,8 @@ class CNN(nn.Module):
                     f"model.blocks shrink the {input_shape[1]}x{input_shape[2]} input to nothing "
                     f"({err}). Use fewer blocks, smaller kernels or pools, or more padding."
                 ) from err
-        head_layers: list[nn.Module] = [nn.Flatten()]
-        width = flat
-        for size in head:
-            head_layers.append(nn.Linear(width, size))
-            if batch_norm:
-                head_layers.append(nn.BatchNorm1d(size))
-            head_layers.append(make_activation(activation))
-            if dropout:
-                head_layers.append(nn.Dropout(dropout))
-            width = size
-        head_layers.append(nn.Linear(width, num_outputs))
-        self.head = nn.Sequential(*head_layers)
+        hidden, width = dense_stack(flat, list(head), activation, batch_norm, dropout)
+        self.head = nn.Sequential(*hidden, nn.Linear(width, num_outputs))
         init_weights(self, init, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

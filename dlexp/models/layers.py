@@ -42,3 +42,13 @@ def init_weights(model: nn.Module, scheme: str, std: float = 0.01) -> None:
                 nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def require_images(input_shape: tuple[int, ...], model: str, alternative: str) -> None:
+    """Refuse tabular data for a model that needs (channels, height, width) images."""
+    if len(input_shape) != 3:
+        raise DlexpError(
+            f"model={model} needs images (channels, height, width), but this data set is tabular "
+            f"with {input_shape[0]} feature(s). Use {alternative} for tabular data, or an image "
+            "data set (data=mnist, fashion_mnist, emnist, cifar10 or stl10)."
+        )

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 from dlexp.errors import DlexpError
+from dlexp.models.layers import require_images
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -104,11 +105,7 @@ class TorchvisionClassifier(nn.Module):
         download: bool = True,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise DlexpError(
-                f"model=transfer needs images, but this data set is tabular with {input_shape[0]} "
-                "feature(s); use model=ann."
-            )
+        require_images(input_shape, "transfer", "model=ann")
         chosen = weights_enum(backbone, weights)
         if chosen is None:
             weights_enum(backbone, "DEFAULT")  # still check that the backbone exists
