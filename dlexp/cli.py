@@ -121,6 +121,11 @@ def cmd_train(args: list[str]) -> None:
 
     check_output_root(args)
     args = resume_sweep_args(resume_args(args))
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and not any(a.startswith("hydra.run.dir=") for a in args):  # torchrun by hand
+        from dlexp.distributed import default_run_dir
+
+        args = [*args, f"hydra.run.dir={default_run_dir(args, run_id)}"]  # one folder for all ranks
     devices = next((a.partition("=")[2] for a in args if a.startswith("trainer.devices=")), "1")
     if devices.isdigit() and int(devices) > 1 and "WORLD_SIZE" not in os.environ:
         if {"-m", "--multirun"} & set(args):

@@ -89,11 +89,16 @@ def launch(args: list[str], devices: int, run_dir: str) -> int:
     return code
 
 
-def default_run_dir(args: list[str]) -> str:
-    """The run folder all processes share (the same naming as a single-process run)."""
+def default_run_dir(args: list[str], run_id: str | None = None) -> str:
+    """The run folder all processes share (named like a single-process run, or by torchrun's
+    run id, which every rank of a job started by hand with torchrun sees)."""
     choice = {k: v for k, _, v in (a.partition("=") for a in args)}
     root = os.environ.get("DLEXP_OUTPUTS", "outputs")
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+    stamp = (
+        f"torchrun-{run_id}"
+        if run_id
+        else time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+    )
     return os.path.join(
         root, "runs", f"{stamp}_{choice.get('model', 'ann')}_{choice.get('data', 'iris')}"
     )

@@ -184,6 +184,8 @@ def resumed_config(stored_yaml: str, cfg: DictConfig) -> DictConfig:
             if key in ("trainer.resume", "hydra.run.dir", "hydra.output_subdir"):
                 continue
             if key in hc.runtime.choices:
+                if OmegaConf.select(cfg, key) == OmegaConf.select(stored, key):
+                    continue  # the choice the run already has (the same command run again)
                 raise DlexpError(
                     f"{override!r} cannot change a run that is being resumed: it keeps the "
                     f"model, data and other choices it was started with. Start a new run "
@@ -193,6 +195,15 @@ def resumed_config(stored_yaml: str, cfg: DictConfig) -> DictConfig:
     stored.trainer.resume = None
     stored.trainer.progress = cfg.trainer.progress
     return stored
+
+
+def _interrupted(run_dir: Path) -> bool:
+    """A run stopped by a signal whose folder is used again continues instead of restarting."""
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return False
+    return status == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file()
 
 
 def run_folder_of(checkpoint: Path) -> Path:
@@ -220,6 +231,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         log.info(f"resuming {run_dir} from {path.name}")
     run_dir = Path(run_dir or hydra_run_dir() or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None and _interrupted(run_dir):  # e.g. a pre-empted SLURM job, requeued
+        resume = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        cfg = resumed_config(resume["config"], cfg)
+        log.info(f"continuing the interrupted run in {run_dir} from its last checkpoint")
     done = run_dir / "metrics.json"
     if cfg.get("sweep", {}).get("resume") and done.is_file():
         metrics = json.loads(done.read_text())

@@ -100,3 +100,27 @@ def test_a_killed_process_stops_the_run_with_its_error(env, tmp_path):
     assert proc.returncode != 0
     assert "rank      : 1" in err and "SIGKILL" in err
     assert "a process of the distributed run failed and the others were stopped" in err
+
+
+def test_torchrun_by_hand_shares_one_run_folder(env, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dlexp",
+            "train",
+            "data=mnist",
+            "trainer.epochs=1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = (Path(env["DLEXP_OUTPUTS"]) / "runs").iterdir()
+    assert run.name.startswith("torchrun-") and (run / "metrics.json").is_file()

@@ -104,7 +104,11 @@ def test_signal_checkpoints_prints_resume_command_and_resume_finishes(sig, code,
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")
     assert stopped["step"] > 0
 
-    again = dlexp("train", f"trainer.resume={run}", "trainer.epochs=3", env=env)
+    if sig == signal.SIGUSR1:  # a requeued (pre-empted) job runs the same command again
+        again = dlexp("train", *LONG_RUN, "trainer.epochs=3", f"hydra.run.dir={run}", env=env)
+        assert "continuing the interrupted run" in again.stdout
+    else:
+        again = dlexp("train", f"trainer.resume={run}", "trainer.epochs=3", env=env)
     assert again.returncode == 0, again.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 3
