@@ -5,6 +5,7 @@ Heavy imports (torch, hydra) happen inside the commands so that `dlexp --help` i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,28 @@ def config_dir() -> Path:
 def fail(message: str, code: int = 2) -> None:
     print(f"dlexp: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A user's mistake (a DlexpError, possibly wrapped by hydra) ends as one paragraph, exit 2."""
+    from dlexp.errors import user_error
+
+    try:
+        yield
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
+        fail(str(err))
+
+
+def asks_help(args: list[str], text: str, needs_args: bool = False) -> bool:
+    """Print a command's help for -h/--help (or no arguments, where some are required)."""
+    if "-h" in args or "--help" in args or (needs_args and not args):
+        print(text)
+        return True
+    return False
 
 
 def parse_pairs(args: list[str], allowed: dict[str, str], command: str) -> dict[str, str]:
@@ -76,13 +99,10 @@ def resume_args(args: list[str]) -> list[str]:
         key, _, value = arg.partition("=")
         if key == "trainer.resume" and value not in ("", "null"):
             from dlexp.checkpoint import find_checkpoint
-            from dlexp.errors import DlexpError
             from dlexp.train import run_folder_of
 
-            try:
+            with user_errors():
                 run = run_folder_of(find_checkpoint(value))
-            except DlexpError as err:
-                fail(str(err))
             if any(
                 a.startswith("hydra.run.dir=") for a in args
             ):  # already set (e.g. by torchrun's parent)
@@ -167,8 +187,7 @@ metrics, named as training reported them (test/acc, test/loss, ...).
 
 
 def cmd_eval(args: list[str]) -> None:
-    if "-h" in args or "--help" in args:
-        print(EVAL_HELP)
+    if asks_help(args, EVAL_HELP):
         return
     opts = parse_pairs(args, {"run": "", "ckpt": "last", "device": "auto"}, "eval")
     if not opts["run"]:
@@ -176,16 +195,10 @@ def cmd_eval(args: list[str]) -> None:
             "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
         )
     _log_to_console()
-    from dlexp.errors import user_error
     from dlexp.evaluate import evaluate
 
-    try:
+    with user_errors():
         evaluate(opts["run"], opts["ckpt"], opts["device"])
-    except Exception as exc:
-        err = user_error(exc)
-        if err is None:
-            raise
-        fail(str(err))
 
 
 DATA_HELP = """usage: dlexp data [root=<data folder>]
@@ -196,8 +209,7 @@ DLEXP_DATA environment variable), where they are expected, and how to get them.
 
 
 def cmd_data(args: list[str]) -> None:
-    if "-h" in args or "--help" in args:
-        print(DATA_HELP)
+    if asks_help(args, DATA_HELP):
         return
     opts = parse_pairs(args, {"root": os.environ.get("DLEXP_DATA", "./data")}, "data")
     from omegaconf import OmegaConf
@@ -230,18 +242,14 @@ metric against the first swept value (one line per value of the second) into the
 
 
 def cmd_report(args: list[str]) -> None:
-    if not args or "-h" in args or "--help" in args:
-        print(REPORT_HELP)
+    if asks_help(args, REPORT_HELP, needs_args=True):
         return
     folder, *rest = args
     opts = parse_pairs(rest, {"metric": "", "plot": "true"}, "report")
-    from dlexp.errors import DlexpError
     from dlexp.report import report
 
-    try:
+    with user_errors():
         report(folder, opts["metric"] or None, plot=opts["plot"] != "false")
-    except DlexpError as err:
-        fail(str(err))
 
 
 WEIGHTS_HELP = """usage: dlexp weights <backbone> [weights=DEFAULT] [download=false]
@@ -252,23 +260,19 @@ Says whether a torchvision model's pretrained weights are in torch's cache
 
 
 def cmd_weights(args: list[str]) -> None:
-    if not args or "-h" in args or "--help" in args:
-        print(WEIGHTS_HELP)
+    if asks_help(args, WEIGHTS_HELP, needs_args=True):
         return
     backbone, *rest = args
     opts = parse_pairs(rest, {"weights": "DEFAULT", "download": "false"}, "weights")
-    from dlexp.errors import DlexpError
     from dlexp.models.transfer import load_weights, weights_enum, weights_file
 
-    try:
+    with user_errors():
         weights = weights_enum(backbone, opts["weights"])
         if weights is None:
             fail("weights=none has no file; name a weights enum (DEFAULT, IMAGENET1K_V1, ...).")
         path, url = weights_file(weights)
         if opts["download"] == "true" and not path.is_file():
             load_weights(weights, backbone, download=True)
-    except DlexpError as err:
-        fail(str(err))
     state = "present" if path.is_file() else "missing"
     print(f"{backbone} {weights}: {state}\n  file: {path}\n  url:  {url}")
     if state == "missing":
@@ -286,8 +290,7 @@ images it uses the built-in demo pair. The result is stylized.png in the run fol
 
 
 def cmd_stylize(args: list[str]) -> None:
-    if "-h" in args or "--help" in args:
-        print(STYLIZE_HELP)
+    if asks_help(args, STYLIZE_HELP):
         return
     renamed = {"content": "data.content", "style": "data.style"}
     overrides = [
@@ -306,8 +309,7 @@ Draws n images from a trained GAN's generator and saves them as one PNG grid.
 
 
 def cmd_sample(args: list[str]) -> None:
-    if "-h" in args or "--help" in args:
-        print(SAMPLE_HELP)
+    if asks_help(args, SAMPLE_HELP):
         return
     opts = parse_pairs(args, {"run": "", "n": "64", "out": "samples.png", "seed": "0"}, "sample")
     if not opts["run"]:
@@ -315,16 +317,10 @@ def cmd_sample(args: list[str]) -> None:
     if not opts["n"].isdigit() or int(opts["n"]) < 1:
         fail(f"n={opts['n']} is not valid: it must be a whole number >= 1, e.g. n=64.")
     _log_to_console()
-    from dlexp.errors import user_error
     from dlexp.sample import sample
 
-    try:
+    with user_errors():
         sample(opts["run"], int(opts["n"]), opts["out"], int(opts["seed"]))
-    except Exception as exc:
-        err = user_error(exc)
-        if err is None:
-            raise
-        fail(str(err))
 
 
 def _log_to_console() -> None:
