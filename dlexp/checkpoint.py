@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,38 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     return path
 
 
+# The checkpoint layout. Bump FORMAT when it changes, and teach `_upgrade` the old one.
+#   format   this number
+#   run_id   the run that wrote it (a run folder refuses another run's checkpoint)
+#   config   the composed config (YAML); meta: the data's DataMeta as a dict
+#   model    the model's state_dict; optimizers: {config key: state_dict}
+#   scheduler, scaler   their state_dicts (scheduler may be None)
+#   loop     where the loop stands: LoopState as a dict
+#   history  one dict of metrics per finished epoch
+#   rng      the RNG states (torch, cuda)
+FORMAT = 2
+
+
+@dataclass
+class LoopState:
+    """Where the training loop stands; a checkpoint stores exactly this."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the next epoch done
+    step: int = 0  # optimizer steps in all
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # the epoch's running metric sums
+    seen: int = 0  # samples of the epoch so far
+    best: float = 0.0  # the best monitored value so far
+    stale: int = 0  # epochs since it improved
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before the format was versioned (format 1) kept the loop at the top."""
+    loop = {k: state.pop(k) for k in ("epoch", "batch", "step", "sums", "seen", "best", "stale")}
+    state["optimizers"] = state.pop("optimizer")
+    return {**state, "loop": loop, "format": FORMAT, "run_id": None}
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load with weights_only=True: a file that carries pickled code is refused, not run."""
     try:
@@ -70,5 +103,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DlexpError(
             f"{path} is not a dlexp checkpoint (it lacks the model weights and config that "
             "dlexp writes); use checkpoints/last.pt or best.pt from a dlexp run folder."
+        )
+    version = state.get("format", 1)
+    if version == 1:
+        return _upgrade(state)
+    if version != FORMAT:
+        raise DlexpError(
+            f"{path} has checkpoint format {version!r}, and this dlexp reads formats 1 to "
+            f"{FORMAT}. It was written by another version of dlexp: use that version, or "
+            "upgrade dlexp (pip install -U dlexp) if it is newer."
         )
     return state

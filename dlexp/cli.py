@@ -77,106 +77,11 @@ def parse_pairs(args: list[str], allowed: dict[str, str], command: str) -> dict[
     return out
 
 
-def check_output_root(args: list[str]) -> None:
-    """Refuse an output folder that cannot be written before Hydra tries to create runs in it."""
-    root = os.environ.get("DLEXP_OUTPUTS", "outputs")
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
-            root = value
-    path = Path(root).expanduser()
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        fail(
-            f"cannot write runs under {path}: {existing} is not a writable folder. Point "
-            "DLEXP_OUTPUTS (or out_root=) at a folder you can write to."
-        )
-
-
-def resume_args(args: list[str]) -> list[str]:
-    """`trainer.resume=<run>` continues in that run's folder: no new folder, no new .hydra/."""
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key == "trainer.resume" and value not in ("", "null"):
-            from dlexp.checkpoint import find_checkpoint
-            from dlexp.train import run_folder_of
-
-            with user_errors():
-                run = run_folder_of(find_checkpoint(value))
-            if any(
-                a.startswith("hydra.run.dir=") for a in args
-            ):  # already set (e.g. by torchrun's parent)
-                return args
-            return [*args, f"hydra.run.dir={run}", "hydra.output_subdir=null"]
-    return args
-
-
-def resume_sweep_args(args: list[str]) -> list[str]:
-    """`-m ... sweep.resume=true`: reuse the latest sweep folder made by the same command."""
-    if "sweep.resume=true" not in args or not ({"-m", "--multirun"} & set(args)):
-        return args
-    import yaml
-
-    wanted = sorted(a for a in args if not a.startswith("-") and a != "sweep.resume=true")
-    root = Path(os.environ.get("DLEXP_OUTPUTS", "outputs")) / "sweeps"
-    for sweep in sorted(root.glob("*"), reverse=True):
-        multirun = sweep / "multirun.yaml"
-        if multirun.is_file():
-            task = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
-            if sorted(a for a in task if a != "sweep.resume=true") == wanted:
-                print(f"dlexp: resuming the sweep in {sweep}")
-                return [*args, f"hydra.sweep.dir={sweep}"]
-    print("dlexp: no earlier sweep with these overrides; starting a new one")
-    return args
-
-
 def cmd_train(args: list[str]) -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from dlexp.run import hydra_train
 
-    from dlexp.errors import user_error
-    from dlexp.train import train
-    from dlexp.trainer import Interrupted
-
-    check_output_root(args)
-    args = resume_sweep_args(resume_args(args))
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id and not any(a.startswith("hydra.run.dir=") for a in args):  # torchrun by hand
-        from dlexp.distributed import default_run_dir
-
-        args = [*args, f"hydra.run.dir={default_run_dir(args, run_id)}"]  # one folder for all ranks
-    devices = next((a.partition("=")[2] for a in args if a.startswith("trainer.devices=")), "1")
-    if devices.isdigit() and int(devices) > 1 and "WORLD_SIZE" not in os.environ:
-        if {"-m", "--multirun"} & set(args):
-            fail(
-                "trainer.devices>1 runs one job as several processes; it cannot be combined with -m."
-            )
-        from dlexp.distributed import default_run_dir, launch
-
-        run_dir = next((a.partition("=")[2] for a in args if a.startswith("hydra.run.dir=")), None)
-        raise SystemExit(launch(args, int(devices), run_dir or default_run_dir(args)))
-
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def main(cfg) -> float | None:
-        try:
-            metrics = train(cfg)
-        except Interrupted as stop:
-            print(f"dlexp: {stop}", file=sys.stderr)
-            raise SystemExit(stop.exit_code) from None
-        except Exception as exc:
-            err = user_error(exc)
-            if err is None:
-                raise
-            if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not stop a sweep
-                print(f"dlexp: job failed: {err}", file=sys.stderr)
-                return float("nan")  # a failed trial, for sweepers that optimise
-            fail(str(err))
-        objective = cfg.objective or ("val/acc" if "val/acc" in metrics else "val/loss")
-        return metrics.get(objective)
-
-    sys.argv = ["dlexp train", *args]
-    main()
+    with user_errors():
+        hydra_train(args, str(config_dir()))
 
 
 EVAL_HELP = """usage: dlexp eval run=<run folder or checkpoint .pt> [ckpt=last|best] [device=auto|cpu|cuda|mps]
@@ -330,7 +235,8 @@ def _log_to_console() -> None:
 
     logger = logging.getLogger("dlexp")
     logger.setLevel(logging.INFO)
-    logger.addHandler(console_handler())
+    if not logger.handlers:  # once per process
+        logger.addHandler(console_handler())
 
 
 COMMANDS = {

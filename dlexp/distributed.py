@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +60,22 @@ def setup(device_type: str) -> Dist:
     return Dist(rank, world, local_rank, active=True)
 
 
-def launch(args: list[str], devices: int, run_dir: str) -> int:
-    """Re-run this `dlexp train` command as `devices` processes under torchrun, one run folder."""
+def launch(run) -> dict:
+    """Train `run` (a dlexp.run.Run) as `trainer.devices` processes under torchrun.
+
+    This process holds the run folder for them; each process gets the run's config and folder
+    through its environment and calls `train(cfg, run_dir)` (see `main` below).
+    """
+    from omegaconf import OmegaConf
+
+    from dlexp.errors import DlexpError
+    from dlexp.run import LAUNCHED, metrics_of
+
+    devices = int(run.cfg.trainer.devices)
+    cfg = run.cfg.copy()
+    if run.resume is not None and not cfg.trainer.resume:
+        cfg.trainer.resume = str(run.dir / "checkpoints" / "last.pt")  # a requeued run
+    env = {**os.environ, LAUNCHED: str(run.dir), "DLEXP_RUN_CONFIG": OmegaConf.to_yaml(cfg)}
     cmd = [
         sys.executable,
         "-m",
@@ -70,38 +83,33 @@ def launch(args: list[str], devices: int, run_dir: str) -> int:
         "--standalone",
         f"--nproc_per_node={devices}",
         "-m",
-        "dlexp",
-        "train",
-        *args,
-        f"hydra.run.dir={run_dir}",
+        "dlexp.distributed",
     ]
-    print(
-        f"dlexp: starting {devices} processes with torch.distributed.run; run folder {run_dir}",
-        flush=True,
-    )
-    code = subprocess.call(cmd)
+    log.info(f"starting {devices} processes with torch.distributed.run; run folder {run.dir}")
+    code = subprocess.call(cmd, env=env)
     if code:
-        print(
-            "dlexp: a process of the distributed run failed and the others were stopped; "
-            "torchrun's summary above names its rank, exit code and error.",
-            file=sys.stderr,
+        raise DlexpError(
+            f"a process of the distributed run in {run.dir} failed (exit status {code}) and the "
+            "others were stopped; torchrun's summary above names its rank, exit code and error."
         )
-    return code
+    run.started = True
+    return metrics_of(run.dir)
 
 
-def default_run_dir(args: list[str], run_id: str | None = None) -> str:
-    """The run folder all processes share (named like a single-process run, or by torchrun's
-    run id, which every rank of a job started by hand with torchrun sees)."""
-    choice = {k: v for k, _, v in (a.partition("=") for a in args)}
-    root = os.environ.get("DLEXP_OUTPUTS", "outputs")
-    stamp = (
-        f"torchrun-{run_id}"
-        if run_id
-        else time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
-    )
-    return os.path.join(
-        root, "runs", f"{stamp}_{choice.get('model', 'ann')}_{choice.get('data', 'iris')}"
-    )
+def main() -> None:
+    """One process of a run started by `launch` (python -m dlexp.distributed, under torchrun)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from dlexp.progress import console_handler
+    from dlexp.run import LAUNCHED
+    from dlexp.train import train
+
+    logger = logging.getLogger("dlexp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(console_handler())
+    train(OmegaConf.create(os.environ["DLEXP_RUN_CONFIG"]), Path(os.environ[LAUNCHED]))
 
 
 class NullWriter:
@@ -113,3 +121,7 @@ class NullWriter:
     @property
     def file_writer(self) -> NullWriter:
         return self
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,18 @@ def console_handler() -> logging.Handler:
         from rich.logging import RichHandler
 
         return RichHandler(show_time=False, show_level=False, show_path=False, markup=False)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Stdout()
     handler.setFormatter(logging.Formatter("%(message)s"))
     return handler
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a redirect, pytest's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass

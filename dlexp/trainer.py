@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dlexp.checkpoint import save_checkpoint, save_json
+from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
 from dlexp.data import Data, Split
 from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
@@ -94,8 +94,10 @@ class Trainer:
         config_yaml: str,
         resume_command: str = "",
         dist: Dist | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.run_id = run_id
         self.device = device
         self.run_dir = run_dir
         self.seed = seed
@@ -107,6 +109,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.channels_last = False
         self.signal: int | None = None
+        self.loop = LoopState()
+        self.monitor: str | None = None  # the metric that picks best.pt (and the sweep objective)
 
     def autocast(self):
         if self.dtype is None:
@@ -139,12 +143,7 @@ class Trainer:
         outputs = []
         for x, y in data.batches(split, batch_size):
             with self.autocast():
-                if task.manual:
-                    batch_sums, out = task.eval_batch(model, self._memory_format(x), y)
-                else:
-                    x, target = task.prepare(x, y, train=False)
-                    out = model(self._memory_format(x))
-                    batch_sums = task.sums(out, target, task.loss(out, target), x)
+                batch_sums, out = task.eval_step(model, self._memory_format(x), y)
             for k, v in batch_sums.items():
                 sums[k] = sums[k] + v if k in sums else v
             if keep and out is not None:
@@ -170,6 +169,13 @@ class Trainer:
         self.prepare(model)
         self.task, self.model, self.data = task, model, data
         self.optimizers, self.scheduler = optimizers, scheduler
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._params = {}  # per optimizer: what it updates, and the weights L1 applies to
+        for key, opt in optimizers.items():
+            params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            weights = [p for p in params if names.get(id(p), "").endswith("weight")]
+            self._params[key] = {"all": params, "weights": weights}
+        self._l1, self._clip = float(cfg.l1), cfg.grad_clip
         optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
         step_model = model
         if cfg.compile:
@@ -178,32 +184,22 @@ class Trainer:
         if self.dist.active:  # gradients averaged over the processes
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
-        steps_per_epoch = math.ceil(len(data.train) / (batch_size * self.dist.world))
-        if cfg.get("max_steps_per_epoch"):
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        steps_per_epoch = self.steps_per_epoch(len(data.train), batch_size)
         stop = cfg.early_stopping
         sign = 1 if task.mode == "max" else -1
+        self.monitor = f"val/{task.monitor}" if len(data.val) else f"train/{task.monitor}"
 
-        # Where the loop stands; a checkpoint stores exactly this.
-        self.pos = {
-            "epoch": 0,  # epochs completed
-            "batch": 0,  # batches of the next epoch done
-            "step": 0,  # optimizer steps in all
-            "sums": {},  # the epoch's running metric sums
-            "seen": 0,
-            "best": -math.inf * sign,
-            "stale": 0,
-            "history": [],
-        }
+        self.loop = LoopState(best=-math.inf * sign)
+        self.history: list[dict[str, Any]] = []
         if resume is not None:
             self._restore(resume)
             log.info(
-                f"resuming at epoch {self.pos['epoch'] + 1}, batch {self.pos['batch']} "
-                f"(step {self.pos['step']})"
+                f"resuming at epoch {self.loop.epoch + 1} of {cfg.epochs}, batch "
+                f"{self.loop.batch} (step {self.loop.step})"
             )
         task.begin(model, data, fresh=resume is None)
         start = time.perf_counter()
-        metrics: dict[str, float] = dict(self.pos["history"][-1]) if self.pos["history"] else {}
+        metrics: dict[str, float] = dict(self.history[-1]) if self.history else {}
 
         if cfg.eval_before and resume is None:  # the starting point, e.g. before fine-tuning
             before = {}
@@ -211,19 +207,20 @@ class Trainer:
                 values, _ = self.evaluate(task, model, data, getattr(data, split), eval_batch_size)
                 before.update({f"{split}/{k}": v for k, v in values.items()})
             self._log_scalars(before)
-            self.pos["history"].append({"epoch": 0, **before})
+            self.history.append({"epoch": 0, **before})
             log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
+        loop = self.loop
         shown = cfg.progress if self.dist.main else "none"
         with self._signals(), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
-            while self.pos["epoch"] < cfg.epochs:
-                epoch = self.pos["epoch"] + 1
-                progress.start_epoch(epoch, done=self.pos["batch"])
+            while loop.epoch < cfg.epochs:
+                epoch = loop.epoch + 1
+                progress.start_epoch(epoch, done=loop.batch)
                 tic = time.perf_counter()
                 step_scheduler = scheduler if scheduler_interval == "step" else None
                 self._train_epoch(step_model, batch_size, steps_per_epoch, step_scheduler, progress)
                 seconds = time.perf_counter() - tic
-                train = task.summarize(*self.dist.sum(self.pos["sums"], self.pos["seen"]))
+                train = task.summarize(*self.dist.sum(loop.sums, loop.seen))
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
@@ -231,8 +228,8 @@ class Trainer:
                 if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
-                metrics["lr"] = optimizer.param_groups[0]["lr"]
-                metrics["samples_per_s"] = self.pos["seen"] / seconds
+                metrics["lr"] = self.lr if step_scheduler else optimizer.param_groups[0]["lr"]
+                metrics["samples_per_s"] = loop.seen / seconds
                 self._log_scalars({**metrics, "epoch": epoch})
                 self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
@@ -240,92 +237,104 @@ class Trainer:
                 progress.end_epoch(epoch, metrics, seconds)
 
                 # The validation metric picks best.pt (the training one when there is no val).
-                key = f"val/{task.monitor}" if val else f"train/{task.monitor}"
-                improved = sign * (metrics[key] - self.pos["best"]) > stop.min_delta
-                self.pos.update(
-                    epoch=epoch,
-                    batch=0,
-                    sums={},
-                    seen=0,
-                    best=metrics[key] if improved else self.pos["best"],
-                    stale=0 if improved else self.pos["stale"] + 1,
-                )
-                self.pos["history"].append({"epoch": epoch, "train_seconds": seconds, **metrics})
+                key = self.monitor
+                improved = sign * (metrics[key] - loop.best) > stop.min_delta
+                loop.epoch, loop.batch, loop.sums, loop.seen = epoch, 0, {}, 0
+                loop.best = metrics[key] if improved else loop.best
+                loop.stale = 0 if improved else loop.stale + 1
+                self.history.append({"epoch": epoch, "train_seconds": seconds, **metrics})
                 if cfg.checkpoint:
                     self._save("last", also_best=improved)
-                if stop.patience and self.pos["stale"] >= stop.patience:
+                if stop.patience and loop.stale >= stop.patience:
                     log.info(f"early stopping: no better {key} for {stop.patience} epoch(s)")
                     break
 
         test, outputs = self.evaluate(task, model, data, data.test, eval_batch_size, keep=True)
         final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
-        final.update(epochs=self.pos["epoch"], steps=self.pos["step"])
+        final.update(epochs=loop.epoch, steps=loop.step, monitor=self.monitor)
         final["time_s"] = time.perf_counter() - start
         if not cfg.test_every_epoch:
             self._log_scalars({f"test/{k}": v for k, v in test.items()})
         self._report(task.final_report, model, data, outputs, run_dir=self.run_dir)
         self._write_hparams(hparams, final)
         self.writer.flush()
-        final["history"] = self.pos["history"]
+        final["history"] = self.history
         return final
+
+    def steps_per_epoch(self, n_train: int, batch_size: int) -> int:
+        """Optimizer steps in one epoch: this process's share, capped by max_steps_per_epoch."""
+        steps = math.ceil(n_train / (batch_size * self.dist.world))
+        return min(steps, self.cfg.max_steps_per_epoch or steps)
+
+    def _optimizer_step(self, key: str, compute) -> torch.Tensor:
+        """The one way any task's loss becomes an update of optimizer `key`: autocast, the L1
+        term, scaled backward, gradient clipping of that optimizer's parameters, the step."""
+        optimizer = self.optimizers[key]
+        params = self._params[key]
+        l1, clip = self._l1, self._clip
+        losses = []
+
+        def closure() -> torch.Tensor:  # L-BFGS evaluates it several times per step
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = compute()
+                total = loss + l1 * sum(w.abs().sum() for w in params["weights"]) if l1 else loss
+            self.scaler.scale(total).backward()
+            losses.append(loss.detach())
+            if clip and not self.scaler.is_enabled():
+                nn.utils.clip_grad_norm_(params["all"], clip)
+            return total
+
+        if self.scaler.is_enabled():  # fp16: the scaler steps, and takes no closure
+            closure()
+            if clip:
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params["all"], clip)
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step(closure)
+        return losses[-1]
 
     def _train_epoch(self, step_model, batch_size, steps, step_scheduler, progress) -> None:
         """The rest of the current epoch; metric sums stay on the device."""
-        cfg, pos, task, model = self.cfg, self.pos, self.task, self.model
-        optimizer = self.optimizers["optimizer"]
+        cfg, loop, task = self.cfg, self.loop, self.task
         # Plain Python copies of what is read every step (a DictConfig lookup is slow).
-        l1, clip, log_every = float(cfg.l1), cfg.grad_clip, int(cfg.log_every_steps)
+        log_every = int(cfg.log_every_steps)
         every_steps = cfg.checkpoint_every_steps or 0
         every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
         last_save = time.monotonic()
-        weights = [
-            p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")
-        ]
         bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss
-        model.train()
-        gen = epoch_generator(self.seed, pos["epoch"] + 1)
+        self.model.train()
+        gen = epoch_generator(self.seed, loop.epoch + 1)
         batches = self.data.batches(
             self.data.train,
             batch_size,
             gen,
             train=True,
-            start=pos["batch"] * batch_size,
+            start=loop.batch * batch_size,
             shard=(self.dist.rank, self.dist.world),
         )
         for x, y in batches:
-            if pos["batch"] >= steps:
+            if loop.batch >= steps:
                 break
-            if task.manual:  # e.g. a GAN's two optimizer steps
-                loss, step_sums = task.train_step(
-                    step_model, self._memory_format(x), y, self.optimizers, self.autocast
-                )
-            else:
-                x, target = task.prepare(x, y, train=True)
-                with self.autocast():
-                    out = step_model(self._memory_format(x))
-                    loss = task.loss(out, target)
-                    total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 else loss
-                optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(total).backward()
-                if clip:
-                    self.scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), clip)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-                step_sums = task.sums(out, target, loss, x)
+            loss, step_sums = task.train_step(
+                step_model, self._memory_format(x), y, self._optimizer_step
+            )
+            self.scaler.update()  # once per step, after every optimizer of the task stepped
             if step_scheduler is not None:
+                self.lr = self.optimizers["optimizer"].param_groups[0]["lr"]  # the one just used
                 step_scheduler.step()
             for k, v in step_sums.items():
-                pos["sums"][k] = pos["sums"][k] + v if k in pos["sums"] else v
+                loop.sums[k] = loop.sums[k] + v if k in loop.sums else v
             # Track the first bad step on the device: no host sync per step.
             bad_step = torch.where(
-                (bad_step < 0) & ~torch.isfinite(loss.detach()), pos["step"] + 1, bad_step
+                (bad_step < 0) & ~torch.isfinite(loss.detach()), loop.step + 1, bad_step
             )
-            pos["seen"] += len(y)
-            pos["batch"] += 1
-            pos["step"] += 1
+            loop.seen += len(y)
+            loop.batch += 1
+            loop.step += 1
             progress.advance(loss)
-            step = pos["step"]
+            step = loop.step
             due = (every_steps and step % every_steps == 0) or (
                 every_s and time.monotonic() - last_save >= every_s
             )
@@ -346,7 +355,7 @@ class Trainer:
         step = int(bad_step.item())
         if step < 0:
             return
-        epoch = self.pos["epoch"] + 1
+        epoch = self.loop.epoch + 1
         last = self.run_dir / "checkpoints" / "last.pt"
         kept = f"The last good checkpoint, {last}, is kept. " if last.is_file() else ""
         raise Diverged(
@@ -359,16 +368,20 @@ class Trainer:
         if not self.dist.main:  # one writer per run
             return
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            **{k: v for k, v in self.pos.items()},
-            "rng": rng_state(),
+            "format": FORMAT,
+            "run_id": self.run_id,
             "config": self.config_yaml,
             "meta": asdict(self.data.meta),
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "loop": asdict(self.loop),
+            "history": self.history,
+            "rng": rng_state(),
         }
         folder = self.run_dir / "checkpoints"
+        self.writer.flush()  # the curves up to this checkpoint survive a SIGKILL with it
         try:
             save_checkpoint(folder / f"{name}.pt", state)
             if also_best:
@@ -383,13 +396,13 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizer"][k])
+            o.load_state_dict(state["optimizers"][k])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        for key in self.pos:
-            self.pos[key] = state[key]
-        self.pos["sums"] = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.loop = LoopState(**state["loop"])
+        self.loop.sums = {k: v.to(self.device) for k, v in self.loop.sums.items()}
+        self.history = list(state["history"])
         set_rng_state(state["rng"])
 
     @contextlib.contextmanager
@@ -425,7 +438,7 @@ class Trainer:
         saved = "a checkpoint was written; " if self.cfg.checkpoint else ""
         raise Interrupted(
             self.signal,
-            f"stopped by {name} in epoch {self.pos['epoch'] + 1}, after step {self.pos['step']}; {saved}"
+            f"stopped by {name} in epoch {self.loop.epoch + 1}, after step {self.loop.step}; {saved}"
             f"continue with: {self.resume_command}",
         )
 
@@ -441,11 +454,11 @@ class Trainer:
         if not self.dist.main:
             return
         model.eval()
-        report(self.writer, model, data, *args, step=self.pos["step"], **kwargs)
+        report(self.writer, model, data, *args, step=self.loop.step, **kwargs)
 
     def _log_scalars(self, values: dict[str, float]) -> None:
         for k, v in values.items():
-            self.writer.add_scalar(k, v, self.pos["step"])
+            self.writer.add_scalar(k, v, self.loop.step)
 
     def _write_hparams(self, hparams: dict[str, Any], final: dict[str, Any]) -> None:
         """HParams records in the run's own event file (add_hparams would make a sub-run)."""

@@ -45,6 +45,19 @@ def make_cfg(*overrides: str) -> DictConfig:
         return compose("train", overrides=["trainer.progress=none", *overrides])
 
 
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`dlexp <args>` in this process: (exit status, stdout, stderr)."""
+    from dlexp.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def dlexp(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: int = 300):
     """Run the real `dlexp` command in a subprocess; returns the CompletedProcess."""
     return subprocess.run(

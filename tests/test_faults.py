@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import dlexp, make_cfg, read_scalars
+from conftest import cli, make_cfg, read_scalars
 from dlexp import checkpoint
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
@@ -34,54 +35,60 @@ LONG_RUN = [
 ]
 
 
-def start(args: list[str], env: dict, run: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dlexp", "train", *args, f"hydra.run.dir={run}"],
+HELPER = str(Path(__file__).with_name("signal_at_step.py"))
+
+
+def signalled(plan: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`dlexp train <args>` in a subprocess that signals itself at known steps (see HELPER)."""
+    return subprocess.run(
+        [sys.executable, HELPER, plan, "train", *args],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=300,
     )
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+@contextlib.contextmanager
+def signal_at(step: int, signum: int):
+    """Send this process `signum` just before optimizer step `step` (in-process runs)."""
+    count = {"n": 0}
+
+    def hook(optimizer, args, kwargs) -> None:
+        count["n"] += 1
+        if count["n"] == step:
+            os.kill(os.getpid(), signum)
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(env, tmp_path):
     args = [*LONG_RUN, "trainer.checkpoint_every_steps=7"]
-    ref = dlexp("train", *args, f"hydra.run.dir={tmp_path / 'ref'}", env=env)
-    assert ref.returncode == 0, ref.stderr
-    total = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["step"]
+    ref = train(make_cfg(*args), run_dir=tmp_path / "ref")
+    total = ref["steps"]
 
     run = tmp_path / "killed"
-    for delay in (random.uniform(0.1, 0.8), 0.05, 0.0):  # retry shorter if it finished first
-        proc = start(args, env, run)
-        wait_for(run / "checkpoints" / "last.pt", proc)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
-        if killed_at < total:
-            break
-    assert 0 < killed_at < total
+    killed = signalled("53:SIGKILL", [*args, f"hydra.run.dir={run}"], env)
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["loop"]["step"] == 49 < total
 
-    resumed = dlexp("train", f"trainer.resume={run}", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at epoch" in resumed.stdout and f"run saved in {run}" in resumed.stdout
+    # TensorBoard orders event files by their names' time in seconds, then process id: resume
+    # in a later second, as any real resume is, so that the resumed file sorts after.
+    time.sleep(1.0)
+    resumed = train(make_cfg(f"trainer.resume={run}", *args))
+    assert resumed["steps"] == total
     a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
     b = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == total
+    assert a["loop"]["step"] == b["loop"]["step"] == total
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     new_metrics = json.loads((run / "metrics.json").read_text())
     for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
-        assert ref_metrics[key] == new_metrics[key]
+        assert ref[key] == new_metrics[key]
     # One TensorBoard log in the run folder, every step once, the same curve as the reference.
     steps = [s for s, _ in read_scalars(run)["train/loss_step"]]
     assert steps == sorted(set(steps)) and steps[-1] == total
@@ -92,50 +99,42 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(env, tmp_p
 @pytest.mark.parametrize(
     ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)]
 )
-def test_signal_checkpoints_prints_resume_command_and_resume_finishes(sig, code, env, tmp_path):
+def test_signal_checkpoints_prints_resume_command_and_resume_finishes(
+    sig, code, env, tmp_path, capsys
+):
     run = tmp_path / "run"
-    proc = start([*LONG_RUN, "trainer.epochs=30"], env, run)
-    wait_for(run / "checkpoints" / "last.pt", proc)
-    proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == code, err
-    assert f"continue with: dlexp train trainer.resume={run}" in err
+    with signal_at(20, sig):
+        result = cli(capsys, "train", *LONG_RUN, "trainer.epochs=30", f"hydra.run.dir={run}")
+    assert result[0] == code, result
+    assert f"continue with: dlexp train trainer.resume={run}" in result[2]
+    assert "Ctrl-C again" not in result[2] or sig == signal.SIGINT
     assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
-    stopped = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert stopped["step"] > 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["loop"]["step"] == 20
 
     if sig == signal.SIGUSR1:  # a requeued (pre-empted) job runs the same command again
-        again = dlexp("train", *LONG_RUN, "trainer.epochs=3", f"hydra.run.dir={run}", env=env)
-        assert "continuing the interrupted run" in again.stdout
+        again = cli(capsys, "train", *LONG_RUN, "trainer.epochs=3", f"hydra.run.dir={run}")
+        assert "continuing the interrupted run" in again[1]
     else:
-        again = dlexp("train", f"trainer.resume={run}", "trainer.epochs=3", env=env)
-    assert again.returncode == 0, again.stderr
+        again = cli(capsys, "train", f"trainer.resume={run}", "trainer.epochs=3")
+    assert again[0] == 0, again
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 3
 
 
 def test_second_ctrl_c_exits_at_once(env, tmp_path):
-    run = tmp_path / "run"
-    proc = start([*LONG_RUN, "trainer.epochs=5000", "trainer.checkpoint=false"], env, run)
-    deadline = time.monotonic() + 120
-    while "epoch 1/" not in (
-        (run / "train.log").read_text() if (run / "train.log").exists() else ""
-    ):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    args = [*LONG_RUN, "trainer.epochs=5000", "trainer.checkpoint=false"]
+    result = signalled("20:SIGINT,20:SIGINT", [*args, f"hydra.run.dir={tmp_path}"], env)
+    assert result.returncode == 130, result.stderr
+    assert not (tmp_path / "metrics.json").exists()  # quit at once: nothing more was written
 
 
-def test_divergence_stops_with_epoch_and_step_and_keeps_last_checkpoint(env, tmp_path):
+def test_divergence_stops_with_epoch_and_step_and_keeps_last_checkpoint(env, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["data=regression", "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=3"]
-    result = dlexp("train", *args, f"hydra.run.dir={run}", env=env)
-    assert result.returncode == 2
-    assert "became NaN or infinite at epoch 1, step" in result.stderr
-    assert "lower learning rate" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = cli(capsys, "train", *args, f"hydra.run.dir={run}")
+    assert code == 2
+    assert "became NaN or infinite at epoch 1, step" in err
+    assert "lower learning rate" in err and "Traceback" not in err
     assert json.loads((run / "metrics.json").read_text())["status"] == "diverged"
 
 
@@ -156,7 +155,9 @@ def test_divergence_after_a_good_epoch_keeps_that_checkpoint(env, tmp_path, monk
         train(cfg, run_dir=tmp_path)
     assert str(tmp_path / "checkpoints" / "last.pt") in str(err.value)
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert kept["loop"]["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in kept["model"].values()
+    )
 
 
 def test_a_diverging_sweep_job_does_not_stop_the_others(env):
@@ -178,12 +179,12 @@ def test_crash_while_writing_a_checkpoint_leaves_the_previous_one(env, tmp_path,
     with pytest.raises(
         DlexpError, match=r"No space left on device\). The previous checkpoint"
     ) as err:
-        train(make_cfg("trainer.epochs=2"), run_dir=tmp_path)
+        train(make_cfg(f"trainer.resume={tmp_path}", "trainer.epochs=2"))
     assert "dlexp train trainer.resume=" in str(err.value)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # no half-written leftovers
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["loop"]["epoch"] == 1
 
 
 def test_checkpoint_cadence_in_steps_and_minutes(env, tmp_path, monkeypatch):
@@ -191,7 +192,7 @@ def test_checkpoint_cadence_in_steps_and_minutes(env, tmp_path, monkeypatch):
     real = checkpoint.save_checkpoint
     monkeypatch.setattr(
         "dlexp.trainer.save_checkpoint",
-        lambda p, s: (saved.append((p.name, s["step"])), real(p, s)),
+        lambda p, s: (saved.append((p.name, s["loop"]["step"])), real(p, s)),
     )
     train(make_cfg("trainer.epochs=1", "trainer.checkpoint_every_steps=5"), run_dir=tmp_path / "a")
     steps = [s for name, s in saved if name == "last.pt"]
@@ -218,7 +219,7 @@ class _Payload:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "foreign", "pickled_code", "not_torch"])
-def test_bad_checkpoints_are_refused_with_a_clear_message(kind, env, tmp_path):
+def test_bad_checkpoints_are_refused_with_a_clear_message(kind, env, tmp_path, capsys):
     train(make_cfg("trainer.epochs=1"), run_dir=tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     Path(env["DLEXP_OUTPUTS"]).mkdir(parents=True, exist_ok=True)
@@ -235,43 +236,33 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(kind, env, tmp_path):
         ["eval", f"run={tmp_path / 'run'}"],
         ["train", f"trainer.resume={tmp_path / 'run'}"],
     ):
-        result = dlexp(*args, env=env)
-        assert result.returncode == 2, result.stderr
-        assert str(path) in result.stderr and "Traceback" not in result.stderr
-        assert (
-            "not a readable dlexp checkpoint" in result.stderr
-            or "not a dlexp checkpoint" in result.stderr
-        )
+        code, _, err = cli(capsys, *args)
+        assert code == 2, err
+        assert str(path) in err and "Traceback" not in err
+        assert "not a readable dlexp checkpoint" in err or "not a dlexp checkpoint" in err
     assert not (Path(env["DLEXP_OUTPUTS"]) / "pwned").exists()  # the payload never ran
     assert path.read_bytes() == before  # the user's file is untouched
 
 
-def test_checkpoint_of_another_model_is_refused(env, tmp_path):
+def test_checkpoint_of_another_model_is_refused(env, tmp_path, capsys):
     train(make_cfg("trainer.epochs=1"), run_dir=tmp_path / "a")
     train(make_cfg("trainer.epochs=1", "model.hidden=[8]"), run_dir=tmp_path / "b")
     mixed = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     mixed["config"] = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["config"]
     torch.save(mixed, tmp_path / "b" / "checkpoints" / "last.pt")
-    result = dlexp("eval", f"run={tmp_path / 'b'}", env=env)
-    assert (
-        result.returncode == 2 and "does not match the model its config describes" in result.stderr
-    )
+    code, _, err = cli(capsys, "eval", f"run={tmp_path / 'b'}")
+    assert code == 2 and "does not match the model its config describes" in err
 
 
-def test_resume_refuses_a_changed_model(env, tmp_path):
+def test_resume_refuses_a_changed_model(env, tmp_path, capsys):
     train(make_cfg("trainer.epochs=1"), run_dir=tmp_path / "run")
-    result = dlexp("train", f"trainer.resume={tmp_path / 'run'}", "model=cnn", env=env)
-    assert result.returncode == 2 and "cannot change a run that is being resumed" in result.stderr
+    code, _, err = cli(capsys, "train", f"trainer.resume={tmp_path / 'run'}", "model=cnn")
+    assert code == 2 and "cannot change a run that is being resumed" in err
 
 
-def test_unwritable_output_folder(env, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    result = dlexp("train", env={**env, "DLEXP_OUTPUTS": str(locked / "outputs")})
-    locked.chmod(0o755)
-    if os.geteuid() == 0:  # root writes anywhere; a path under a file is unwritable for all
-        (tmp_path / "afile").write_text("x")
-        result = dlexp("train", env={**env, "DLEXP_OUTPUTS": str(tmp_path / "afile" / "out")})
-    assert result.returncode == 2
-    assert "is not a writable folder" in result.stderr and "Traceback" not in result.stderr
+def test_unwritable_output_folder(env, tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")  # a path under a file is unwritable, even for root
+    monkeypatch.setenv("DLEXP_OUTPUTS", str(tmp_path / "afile" / "out"))
+    code, _, err = cli(capsys, "train")
+    assert code == 2
+    assert "is not a writable folder" in err and "Traceback" not in err

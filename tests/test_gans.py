@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from conftest import dlexp, make_cfg, read_scalars, read_tags
+from conftest import cli, make_cfg, read_scalars, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.data import load_data
@@ -47,25 +51,25 @@ def test_gans_train_both_nets_and_leave_samples(overrides, env, tmp_path):
 def test_resume_restores_both_optimizers(env, tmp_path):
     train(make_cfg("model=gan", "data=mnist", "trainer.epochs=1"), tmp_path)
     first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    steps = first["step"]
-    assert set(first["optimizer"]) == {"optimizer", "optimizer_d"}
+    steps = first["loop"]["step"]
+    assert set(first["optimizers"]) == {"optimizer", "optimizer_d"}
     main(["train", f"trainer.resume={tmp_path}", "trainer.epochs=2"])
     second = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert second["epoch"] == 2 and second["step"] == 2 * steps
+    assert second["loop"]["epoch"] == 2 and second["loop"]["step"] == 2 * steps
     for key in ("optimizer", "optimizer_d"):  # Adam's step counts went on from the checkpoint
-        counts = {float(s["step"]) for s in second["optimizer"][key]["state"].values()}
+        counts = {float(s["step"]) for s in second["optimizers"][key]["state"].values()}
         assert counts == {2.0 * steps}
 
 
-def test_sample_command_writes_a_grid_of_the_requested_size(env, tmp_path):
+def test_sample_command_writes_a_grid_of_the_requested_size(env, tmp_path, capsys):
     train(make_cfg("model=gan", "data=mnist", *QUICK), tmp_path / "run")
     out = tmp_path / "grid.png"
-    result = dlexp("sample", f"run={tmp_path / 'run'}", "n=10", f"out={out}", env=env)
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli(capsys, "sample", f"run={tmp_path / 'run'}", "n=10", f"out={out}")
+    assert code == 0, err
     assert Image.open(out).size == (4 * 30 + 2, 3 * 30 + 2)  # 10 images of 28 px, 4 per row
     train(make_cfg("trainer.epochs=1"), tmp_path / "iris")
-    refused = dlexp("sample", f"run={tmp_path / 'iris'}", env=env)
-    assert refused.returncode == 2 and "is not a GAN run" in refused.stderr
+    code, _, err = cli(capsys, "sample", f"run={tmp_path / 'iris'}")
+    assert code == 2 and "is not a GAN run" in err
 
 
 def test_class_filter_by_name_and_index(env):
@@ -99,3 +103,33 @@ def test_quality_score_from_a_dlexp_classifier(env, tmp_path):
 def test_dcgan_needs_64_pixel_images(env, tmp_path):
     with pytest.raises(Exception, match=r"set data\.resize=64"):
         train(make_cfg("model=dcgan", "data=mnist", "data.resize=null", *QUICK), tmp_path)
+
+
+@contextlib.contextmanager
+def grad_norms_at_each_step() -> Iterator[list[tuple[int, float]]]:
+    """(number of parameters, gradient norm) of every optimizer step, as the step used them."""
+    seen: list[tuple[int, float]] = []
+
+    def hook(optimizer, args, kwargs) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        seen.append((sum(p.numel() for p in params), float(norm)))
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("clip", ["null", 0.01])
+def test_gradient_clipping_applies_to_both_gan_optimizers(clip, env, tmp_path):
+    with grad_norms_at_each_step() as seen:
+        metrics = train(
+            make_cfg("model=gan", "data=mnist", *QUICK, f"trainer.grad_clip={clip}"), tmp_path
+        )
+    assert len({n for n, _ in seen}) == 2 and len(seen) == 2 * metrics["steps"]  # G and D
+    if clip == "null":
+        assert max(norm for _, norm in seen) > 0.05
+    else:
+        assert all(norm <= clip * 1.0001 for _, norm in seen)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import dlexp, make_cfg, read_tags
+from conftest import cli, make_cfg, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.tasks.stylize import gram
@@ -73,14 +73,24 @@ def test_resume_continues_from_the_saved_target_image(env, tmp_path):
     assert torch.equal(a, b) and not torch.equal(a, saved["target"])
 
 
-def test_bad_image_paths_are_named(env, tmp_path):
+def test_bad_image_paths_are_named(env, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
-    missing = dlexp("stylize", f"content={tmp_path / 'nope.jpg'}", "model.weights=none", env=env)
-    assert (
-        missing.returncode == 2
-        and f"data.content={tmp_path / 'nope.jpg'}: there is no such file" in missing.stderr
-    )
-    bad = dlexp("stylize", f"style={tmp_path / 'notes.png'}", "model.weights=none", env=env)
-    assert (
-        bad.returncode == 2 and f"data.style={tmp_path / 'notes.png'} is not an image" in bad.stderr
-    )
+    code, _, err = cli(capsys, "stylize", f"content={tmp_path / 'nope.jpg'}", "model.weights=none")
+    assert code == 2 and f"data.content={tmp_path / 'nope.jpg'}: there is no such file" in err
+    code, _, err = cli(capsys, "stylize", f"style={tmp_path / 'notes.png'}", "model.weights=none")
+    assert code == 2 and f"data.style={tmp_path / 'notes.png'} is not an image" in err
+
+
+def test_precision_applies_to_style_transfer(env, tmp_path):
+    dtypes = set()
+
+    def hook(module, args, output) -> None:
+        if torch.is_grad_enabled() and isinstance(module, torch.nn.Conv2d):  # training steps
+            dtypes.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        train(make_cfg(*QUICK, "trainer.epochs=1", "trainer.precision=bf16"), tmp_path)
+    finally:
+        handle.remove()
+    assert dtypes == {torch.bfloat16}  # the frozen VGG's convs ran under bf16 autocast

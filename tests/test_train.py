@@ -36,7 +36,7 @@ def test_every_model_fits_every_data_set(model, data, env, tmp_path):
         assert tag in scalars, tag
     assert scalars["test/loss"][0][1] == pytest.approx(metrics["test/loss"], rel=1e-5)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and (run / "checkpoints" / "best.pt").is_file()
+    assert state["loop"]["epoch"] == 1 and (run / "checkpoints" / "best.pt").is_file()
 
 
 def test_cnn_learns_generated_mnist_and_logs_confusion_matrix(env, tmp_path):

@@ -23,10 +23,21 @@ from dlexp.tasks.base import Task
 log = logging.getLogger("dlexp")
 
 
-class Adversarial(Task):
-    manual = True  # the task runs its own optimizer steps
+def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
-    def __init__(self, show: int = 64, quality_from: str | None = None, quality_samples: int = 500):
+
+class Adversarial(Task):
+    ddp_ready = False
+
+    def __init__(
+        self,
+        meta=None,
+        loss=None,
+        show: int = 64,
+        quality_from: str | None = None,
+        quality_samples: int = 500,
+    ):
         self.show, self.quality_samples = int(show), int(quality_samples)
         self._gen: torch.Generator | None = None
         self.quality_from = quality_from
@@ -39,46 +50,38 @@ class Adversarial(Task):
             "optimizer_d": list(model.discriminator.parameters()),
         }
 
-    def train_step(
-        self, model, x, y, optimizers, autocast
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        opt_g, opt_d = optimizers["optimizer"], optimizers["optimizer_d"]
-        n = len(x)
-        with autocast():
-            fake = model.sample(n)
-            d_real = model.discriminator(x).float()
-            d_fake = model.discriminator(fake.detach()).float()
-            loss_d = F.binary_cross_entropy_with_logits(
-                d_real, torch.ones_like(d_real)
-            ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        with autocast():
-            d_gen = model.discriminator(fake).float()
-            loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        sums = {
-            "d_loss": loss_d.detach() * n,
-            "g_loss": loss_g.detach() * n,
-            "d_real": torch.sigmoid(d_real.detach()).sum(),
-            "d_fake": torch.sigmoid(d_fake.detach()).sum(),
-        }
-        return loss_d.detach() + loss_g.detach(), sums
+    def train_step(self, model, x, y, step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The discriminator on a real and a generated batch, then the generator."""
+        n, logits = len(x), {}
 
-    def eval_batch(self, model, x, y):
+        def d_loss() -> torch.Tensor:
+            logits["fake_images"] = model.sample(n)
+            logits["real"] = model.discriminator(x).float()
+            logits["fake"] = model.discriminator(logits["fake_images"].detach()).float()
+            return bce(logits["real"], 1.0) + bce(logits["fake"], 0.0)
+
+        def g_loss() -> torch.Tensor:
+            return bce(model.discriminator(logits["fake_images"]).float(), 1.0)
+
+        loss_d = step("optimizer_d", d_loss)
+        loss_g = step("optimizer", g_loss)
+        sums = {
+            "d_loss": loss_d * n,
+            "g_loss": loss_g * n,
+            "d_real": torch.sigmoid(logits["real"].detach()).sum(),
+            "d_fake": torch.sigmoid(logits["fake"].detach()).sum(),
+        }
+        return loss_d + loss_g, sums
+
+    def eval_step(self, model, x, y):
         """D on real held-out images and on generated ones (fixed noise: repeatable)."""
         n = len(x)
         if self._gen is None or self._gen.device != x.device:
             self._gen = torch.Generator(device=x.device).manual_seed(0)
         d_real = model.discriminator(x).float()
         d_fake = model.discriminator(model.sample(n, self._gen)).float()
-        loss_d = F.binary_cross_entropy_with_logits(
-            d_real, torch.ones_like(d_real)
-        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        loss_d = bce(d_real, 1.0) + bce(d_fake, 0.0)
+        loss_g = bce(d_fake, 1.0)
         sums = {
             "d_loss": loss_d * n,
             "g_loss": loss_g * n,
@@ -104,20 +107,11 @@ class Adversarial(Task):
 
     def _classifier(self, data, device) -> nn.Module:
         if self.classifier is None:
-            from omegaconf import OmegaConf
+            from dlexp.run import load_run
 
-            from dlexp.checkpoint import find_checkpoint, load_checkpoint
-            from dlexp.data import DataMeta
-            from dlexp.models import build_model
-
-            state = load_checkpoint(find_checkpoint(self.quality_from))
-            cfg = OmegaConf.create(state["config"])
-            meta = DataMeta(**state["meta"]) if state.get("meta") else data.meta
-            meta.input_shape = tuple(meta.input_shape)
-            self.classifier_meta = meta
-            model = build_model(cfg.model, meta, meta.num_classes if meta.num_classes > 2 else 1)
-            model.load_state_dict(state["model"])
-            self.classifier = model.to(device).eval()
+            loaded = load_run(self.quality_from)
+            self.classifier_meta = loaded.meta
+            self.classifier = loaded.model.to(device).eval()
             log.info(f"quality score: samples are judged by the classifier in {self.quality_from}")
         return self.classifier
 

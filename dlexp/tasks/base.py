@@ -1,18 +1,31 @@
-"""The interface the trainer drives; every task fills in what it needs."""
+"""The interface the trainer drives; every task fills in what it needs.
+
+Every task trains through the same path: `train_step` computes its loss(es) inside callables
+it hands to `step(optimizer_key, compute)`, which the trainer provides. The trainer runs
+`compute` under autocast, adds the L1 term, backpropagates through the grad scaler, clips
+the gradients of that optimizer's parameters and steps it. A task with two optimizers (a GAN)
+calls `step` twice; one that optimises an image (style transfer) steps its image.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+# step(optimizer key, compute) -> the loss that compute returned (detached)
+Step = Callable[[str, Callable[[], torch.Tensor]], torch.Tensor]
+
 
 class Task:
-    manual: bool = False  # True: the task runs its own training and evaluation steps
     monitor: str = "loss"  # the validation metric that picks best.pt ...
     mode: str = "min"  # ... and whether higher ("max") or lower ("min") is better
     num_outputs: int | None = None  # what the model's output layer must produce
+    # The default step runs the model's forward, which DistributedDataParallel synchronises;
+    # a task that calls parts of its model (a GAN's generator, discriminator) is not ready.
+    ddp_ready: bool = True
 
     def prepare(
         self, x: torch.Tensor, y: torch.Tensor, train: bool
@@ -22,6 +35,28 @@ class Task:
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def train_step(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step on a batch: (loss, metric sums). The default: one forward pass."""
+        x, target = self.prepare(x, y, train=True)
+        outputs = []
+
+        def compute() -> torch.Tensor:
+            outputs.append(model(x))
+            return self.loss(outputs[-1], target)
+
+        loss = step("optimizer", compute)
+        return loss, self.sums(outputs[-1].detach(), target, loss, x)
+
+    def eval_step(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Metric sums of a held-out batch, and the outputs (kept for the final report)."""
+        x, target = self.prepare(x, y, train=False)
+        out = model(x)
+        return self.sums(out, target, self.loss(out, target), x), out
 
     def sums(
         self, out: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, inputs: torch.Tensor

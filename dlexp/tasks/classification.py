@@ -6,16 +6,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlexp.data import DataMeta
+from dlexp.errors import DlexpError
 from dlexp.tasks.base import Task
 
 
 class Classification(Task):
     monitor, mode = "acc", "max"
 
-    def __init__(self, num_classes: int, class_names: list[str], loss: nn.Module | None = None):
+    def __init__(self, meta: DataMeta, loss: nn.Module | None = None):
+        if meta.num_classes < 2:
+            raise DlexpError(
+                f"data={meta.name} has no classes, so it cannot be a classification task; "
+                "use task=regression."
+            )
+        num_classes = meta.num_classes
         self.binary = num_classes == 2
         self.num_classes = num_classes
-        self.class_names = class_names
+        self.class_names = meta.class_names
         self.num_outputs = 1 if self.binary else num_classes
         self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
 

@@ -15,7 +15,12 @@ class Reconstruction(Task):
     monitor, mode = "loss", "min"
 
     def __init__(
-        self, loss: nn.Module | None = None, noise: float = 0.0, occlusion: int = 0, show: int = 8
+        self,
+        meta=None,
+        loss: nn.Module | None = None,
+        noise: float = 0.0,
+        occlusion: int = 0,
+        show: int = 8,
     ):
         self.loss_fn = loss or nn.MSELoss()
         self.noise, self.occlusion, self.show = float(noise), int(occlusion), int(show)

@@ -12,7 +12,7 @@ class Regression(Task):
     monitor, mode = "loss", "min"
     num_outputs = 1
 
-    def __init__(self, loss: nn.Module | None = None):
+    def __init__(self, meta=None, loss: nn.Module | None = None):
         self.loss_fn = loss or nn.MSELoss()
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

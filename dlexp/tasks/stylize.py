@@ -24,10 +24,12 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 
 
 class Stylize(Task):
-    manual = True
+    ddp_ready = False
 
     def __init__(
         self,
+        meta=None,
+        loss=None,
         content_layers: list[int] = (0, 3),
         style_layers: list[int] = (0, 1, 2, 3, 4),
         style_weights: list[float] = (1.0, 0.5, 0.5, 0.2, 0.1),
@@ -74,22 +76,19 @@ class Stylize(Task):
         )
         return content, self.style_scale * style
 
-    def train_step(self, model, x, y, optimizers, autocast):
-        optimizer = optimizers["optimizer"]
+    def train_step(self, model, x, y, step):
         parts = {}
 
-        def closure() -> torch.Tensor:  # L-BFGS calls it several times per step
-            optimizer.zero_grad(set_to_none=True)
+        def compute() -> torch.Tensor:  # L-BFGS calls it several times per step
             content, style = self.losses(model)
-            total = content + style
-            total.backward()
-            parts.update(loss=total.detach(), content=content.detach(), style=style.detach())
-            return total
+            parts.update(content=content.detach().float(), style=style.detach().float())
+            return content + style
 
-        optimizer.step(closure)
-        return parts["loss"], {k: v * len(x) for k, v in parts.items()}
+        loss = step("optimizer", compute)
+        parts["loss"] = loss.float()
+        return loss, {k: v * len(x) for k, v in parts.items()}
 
-    def eval_batch(self, model, x, y):
+    def eval_step(self, model, x, y):
         return {}, None
 
     def image(self, model) -> torch.Tensor:

@@ -1,0 +1,540 @@
+"""The life of a run, from its composed config.
+
+This module owns: the run folder's name (`run_name`, for single runs, resumed runs and
+torchrun), claiming the folder (`claim`: a lock naming the process; another run's folder is
+never overwritten), what the folder already holds (a finished run, an unfinished one to
+continue, a finished sweep job to skip), resuming (`trainer.resume`), the sweep objective,
+`load_run` for every command that starts from a finished run, and the Hydra entry point.
+
+`open_run` ties these together for `train(cfg)`: it yields a `Run` that says where to write,
+which config to train and which checkpoint to continue from, and it releases the folder (and
+removes what it made, if the run was refused before training) when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp.checkpoint import find_checkpoint, load_checkpoint
+from dlexp.checks import check_config
+from dlexp.errors import DlexpError
+
+log = logging.getLogger("dlexp")
+
+LOCK = "run.lock"
+# What a run leaves in its folder: removed by trainer.overwrite=true before a new run.
+RUN_FILES = ("checkpoints", "metrics.json", "run.json", "train.log", ".hydra")
+FINISHED = ("completed", "diverged")
+# The launcher of a multi-process run holds the folder for its processes (dlexp.distributed).
+LAUNCHED = "DLEXP_LAUNCHED_RUN"
+
+
+# ------------------------------------------------------------------------- names
+def run_name(model: str, data: str) -> str:
+    """`<time>_<model>_<data>`; every process of a torchrun job gets torchrun's run id instead
+    of the time, so that they agree on one folder."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        stamp = f"torchrun-{run_id}"
+    else:
+        now = time.time()
+        micro = f"{now % 1:.6f}"[2:]  # unique even for runs started in the same second
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now)) + f"-{micro}"
+    return f"{stamp}_{model}_{data}"
+
+
+def run_dir_for(out_root: str, model: str, data: str, resume: str | None) -> str:
+    """hydra.run.dir: the resumed run's own folder, else a new one under <out_root>/runs."""
+    if resume:
+        with contextlib.suppress(DlexpError):
+            folder = folder_of(find_checkpoint(resume))
+            if folder is not None:
+                return str(folder)
+    return os.path.join(out_root, "runs", run_name(model, data))
+
+
+OmegaConf.register_new_resolver("dlexp_run_dir", run_dir_for, replace=True)
+
+
+def folder_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (None for a loose file outside any run)."""
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return None
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    """Outside the CLI (tests, notebooks) runs land in <out_root>/runs/<time>_<model>_<data>."""
+    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    return Path(cfg.out_root) / "runs" / run_name(model, cfg.data.name)
+
+
+# -------------------------------------------------------------------- claiming
+def _read_lock(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        return json.loads(os.read(fd, 4096) or b"{}")
+    except ValueError:
+        return {}
+
+
+def claim(run_dir: Path) -> int | None:
+    """Lock `run_dir` for this process (flock on run.lock, which names the process).
+
+    The lock dies with its process, so a run killed by SIGKILL leaves a stale file that the
+    next run takes over (and says so). Returns the lock's file descriptor, or None when the
+    launcher of this multi-process run holds the folder for it.
+    """
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_lock(fd)
+                os.close(fd)
+                raise DlexpError(
+                    f"{run_dir} is in use by another run (process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}, started {holder.get('started', '?')}). Two runs "
+                    "never share a folder: wait for that one to finish, or start this one in "
+                    "another folder (leave out hydra.run.dir for a new one)."
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a lock file its owner removed while we waited for it
+                break
+            os.close(fd)
+        stale = _read_lock(fd)
+        if stale.get("pid"):
+            log.warning(
+                f"{run_dir}: taking over the lock of process {stale['pid']} on "
+                f"{stale.get('host', '?')}, which ended without releasing it"
+            )
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(me).encode())
+        return fd
+    except OSError as err:
+        raise DlexpError(
+            f"cannot use {run_dir} as a run folder: {err.strerror or err} ({err.filename or path})"
+            ". Make it writable, or run somewhere else (DLEXP_OUTPUTS=<folder>, or "
+            "hydra.run.dir=<folder>)."
+        ) from err
+
+
+def release(run_dir: Path, fd: int | None) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        (run_dir / LOCK).unlink()
+    os.close(fd)
+
+
+# ------------------------------------------------------------ what a folder holds
+def status_of(run_dir: Path) -> str | None:
+    """The run already in a folder: completed/diverged/interrupted/failed, `unfinished` (a
+    checkpoint but no result: killed), or None (no run there)."""
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status is None and (run_dir / "checkpoints" / "last.pt").is_file():
+        return "unfinished"
+    return status
+
+
+def run_id_of(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("id")
+    except (OSError, ValueError):
+        return None
+
+
+def metrics_of(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resumed_config(stored_yaml: str, cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
+    """The config a resumed run continues with.
+
+    From the command line (`overrides` given): the run's own config plus this command's value
+    overrides (e.g. more epochs); a different group choice (model=..., data=...) is refused.
+    From `train(cfg)` (no overrides): `cfg` itself, whose model, data and task must be the run's.
+    """
+    stored = OmegaConf.create(stored_yaml)
+    if overrides is None:
+        for key in ("model", "data", "task"):
+            ours = OmegaConf.to_container(cfg[key], resolve=True)
+            if ours != OmegaConf.to_container(stored[key], resolve=True):
+                raise DlexpError(
+                    f"the config's {key} differs from the run being resumed: a run keeps the "
+                    "model, data and task it was started with. Start a new run instead."
+                )
+        stored = cfg.copy()
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        for override in overrides:
+            key = override.partition("=")[0].lstrip("+~")
+            if key in ("trainer.resume", "hydra.run.dir"):
+                continue
+            if key in choices:
+                if OmegaConf.select(cfg, key) == OmegaConf.select(stored, key):
+                    continue  # the choice the run already has (the same command run again)
+                raise DlexpError(
+                    f"{override!r} cannot change a run that is being resumed: it keeps the "
+                    f"model, data and other choices it was started with. Start a new run "
+                    f"instead, or resume with value overrides only (e.g. trainer.epochs=20)."
+                )
+            OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
+    stored.trainer.resume = None
+    stored.trainer.progress = cfg.trainer.progress
+    return stored
+
+
+# ------------------------------------------------------------------------- a run
+@dataclass
+class Run:
+    """What `open_run` decided: where the run writes, its config, and how it starts."""
+
+    dir: Path
+    cfg: DictConfig
+    id: str
+    resume: dict[str, Any] | None = None  # the checkpoint to continue from
+    done: dict[str, Any] | None = None  # set when there is nothing to train (metrics to return)
+    launched: bool = False  # a process of a multi-process run started by dlexp's launcher
+    made: list[Path] = field(default_factory=list)  # what this run created (removed if refused)
+    started: bool = False  # training began: from here on the folder is kept whatever happens
+    notes: list[str] = field(default_factory=list)  # what was decided, for the run's log
+
+    @property
+    def resume_command(self) -> str:
+        return f"dlexp train trainer.resume={quote(str(self.dir))}"
+
+
+def quote(text: str) -> str:
+    """A value for a Hydra override on a shell command line (any characters, pasteable)."""
+    import shlex
+
+    if all(c.isalnum() or c in "/._-~:" for c in text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
+    return shlex.quote(f"'{escaped}'")
+
+
+def _hydra() -> tuple[Any, list[str] | None]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    return hc, list(hc.overrides.task)
+
+
+def _in_sweep(hc) -> bool:
+    from hydra.types import RunMode
+
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+@contextlib.contextmanager
+def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
+    """Decide, claim and prepare the run folder for `cfg`; release it when the run ends."""
+    hc, overrides = _hydra()
+    rank = int(os.environ.get("RANK", "0"))
+    hydra_dir = Path(hc.runtime.output_dir) if hc is not None else None
+    # Hydra makes its run folder before the run starts: an empty one is this run's own.
+    made = [hydra_dir] if hydra_dir and hydra_dir.is_dir() and not any(hydra_dir.iterdir()) else []
+    run_dir = run_dir or hydra_dir
+    fd, run = None, None
+    try:
+        check_config(cfg)
+        resume, resume_path = None, None
+        if cfg.trainer.get("resume"):
+            resume_path = find_checkpoint(cfg.trainer.resume, "last")
+            resume = load_checkpoint(resume_path)
+            cfg = resumed_config(resume["config"], cfg, overrides)
+            check_config(cfg)
+            folder = folder_of(resume_path)
+            if folder is not None:
+                run_dir = folder
+            elif run_dir is None or (run_dir.exists() and any(run_dir.iterdir())):
+                run_dir = default_run_dir(cfg)  # a loose .pt starts a new run folder
+        run_dir = Path(run_dir or default_run_dir(cfg))
+        launched = os.environ.get(LAUNCHED) == str(run_dir)
+        if not run_dir.exists():
+            made.append(run_dir)
+        fd = claim(run_dir) if rank == 0 and not launched else None
+        run = Run(run_dir, cfg, run_id_of(run_dir) or uuid.uuid4().hex, resume, launched=launched)
+        run.made = made
+        if not launched:
+            _decide(run, resume_path, hc, overrides)
+            check_config(run.cfg)
+        if run.done is None and rank == 0 and not launched:
+            _prepare(run, hc)
+        with _log_file(run.dir if rank == 0 else None):
+            for note in run.notes:
+                log.info(note)
+            yield run
+    except BaseException:
+        if (run is None or not run.started) and not _in_sweep(hc):
+            _remove(made)
+        raise
+    finally:
+        if run_dir is not None:
+            release(Path(run_dir), fd)
+
+
+def _decide(run: Run, resume_path: Path | None, hc, overrides: list[str] | None) -> None:
+    """Continue, skip, replace or refuse, given what the folder already holds."""
+    status, cfg = status_of(run.dir), run.cfg
+    if run.resume is not None:
+        folder_id = run_id_of(run.dir)
+        if folder_of(resume_path) == run.dir and run.resume["run_id"] not in (None, folder_id):
+            raise DlexpError(
+                f"{resume_path} was written by another run than the one in {run.dir} (it was "
+                "copied there?), so it is not resumed. Continue that run in its own folder, or "
+                "start a new run from it by giving a copy of the file outside any run folder."
+            )
+        if folder_of(resume_path) != run.dir:
+            run.notes.append(f"continuing {resume_path} as a new run in {run.dir}")
+            run.id = uuid.uuid4().hex
+        loop = run.resume["loop"]
+        if loop["epoch"] >= cfg.trainer.epochs and loop["batch"] == 0 and status in FINISHED:
+            run.notes.append(
+                f"{run.dir} is complete ({loop['epoch']} of {cfg.trainer.epochs} epochs); "
+                "nothing to do. To train it further, raise trainer.epochs."
+            )
+            run.done = metrics_of(run.dir)
+        else:
+            run.notes.append(f"resuming {run.dir} from {resume_path.name}")
+        return
+    if status is None:
+        return
+    if cfg.get("sweep", {}).get("resume") and status in FINISHED:
+        run.notes.append(f"{run.dir.name}: already finished, skipped (sweep.resume=true)")
+        run.done = metrics_of(run.dir)
+        return
+    if cfg.trainer.get("overwrite"):
+        run.notes.append(f"trainer.overwrite=true: replacing the {status} run in {run.dir}")
+        for name in RUN_FILES:
+            target = run.dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for events in run.dir.glob("events.out.tfevents.*"):
+            events.unlink()
+        run.id = uuid.uuid4().hex
+        return
+    last = run.dir / "checkpoints" / "last.pt"
+    if status not in FINISHED and status != "failed" and last.is_file():
+        # An interrupted (or killed) run whose folder is used again: a requeued job goes on.
+        run.resume = load_checkpoint(last)
+        if run.resume["run_id"] not in (None, run_id_of(run.dir)):
+            raise DlexpError(
+                f"{last} was written by another run than the one in {run.dir}; it is not "
+                "continued. Choose another folder, or replace that run with trainer.overwrite=true."
+            )
+        run.cfg = resumed_config(run.resume["config"], cfg, overrides)
+        run.notes.append(f"continuing the {status} run in {run.dir} from its last checkpoint")
+        return
+    raise DlexpError(
+        f"{run.dir} already holds a {status} run, and a new run never replaces another. "
+        f"Continue that one with: dlexp train trainer.resume={quote(str(run.dir))} "
+        "(add e.g. trainer.epochs=20 to train it longer); or start this one in another folder "
+        "(leave out hydra.run.dir for a new one); or replace it with trainer.overwrite=true."
+    )
+
+
+def _prepare(run: Run, hc) -> None:
+    """A new run's identity (run.json) and, from the command line, Hydra's .hydra/ record."""
+    if (run.dir / "run.json").is_file() and run_id_of(run.dir) == run.id:
+        return  # the run continues in its own folder
+    from dlexp.checkpoint import save_json
+
+    command = " ".join(["dlexp", *sys.argv[1:]]) if hc is not None else "train(cfg)"
+    save_json(
+        run.dir / "run.json",
+        {"id": run.id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command},
+    )
+    run.made.append(run.dir / "run.json")
+    if hc is not None:  # what Hydra itself writes when output_subdir is set
+        out = run.dir / ".hydra"
+        out.mkdir(exist_ok=True)
+        run.made.append(out)
+        OmegaConf.save(run.cfg, out / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
+        OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+
+
+def _remove(made: list[Path]) -> None:
+    """A run refused before it trained leaves nothing behind: what it made goes (its own
+    folder only when nothing else is in it)."""
+    for path in reversed(made):
+        if path.name == ".hydra":
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir():  # a run folder
+            for name in (LOCK, "train.log"):
+                (path / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _log_file(run_dir: Path | None) -> Iterator[None]:
+    """Time-stamped log lines in <run>/train.log while the run lasts."""
+    if run_dir is None:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """The value a sweeper optimises: `objective`, or the metric that picked best.pt."""
+    if metrics.get("status") not in (None, "completed"):
+        return float("nan")  # a diverged job skipped by sweep.resume: a failed trial
+    key = cfg.get("objective") or metrics["monitor"]
+    if key not in metrics:
+        known = ", ".join(k for k in metrics if k.startswith(("train/", "val/", "test/")))
+        raise DlexpError(f"objective={key!r} is not a metric of this run; its metrics are {known}.")
+    return metrics[key]
+
+
+# ------------------------------------------------------------- finished runs
+@dataclass
+class LoadedRun:
+    path: Path  # the checkpoint file
+    cfg: DictConfig
+    meta: Any  # DataMeta
+    model: Any  # nn.Module with the checkpoint's weights, on the CPU
+    state: dict[str, Any]
+
+
+def load_run(run: str | Path, which: str = "last") -> LoadedRun:
+    """A finished run's config, data metadata and model (with its weights) from a run folder
+    or checkpoint file; for `dlexp eval`, `dlexp sample` and the GAN quality classifier."""
+    from dlexp.data import DataMeta
+    from dlexp.models import build_model
+    from dlexp.tasks import build_task
+
+    path = find_checkpoint(run, which)
+    state = load_checkpoint(path)
+    cfg = OmegaConf.create(state["config"])
+    cfg.model.init_from = None  # the checkpoint already holds every weight
+    meta = DataMeta(**state["meta"])
+    meta.input_shape = tuple(meta.input_shape)
+    task = build_task(cfg.task, meta, None)
+    model = build_model(cfg.model, meta, task.num_outputs)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise DlexpError(
+            f"{path} does not match the model its config describes: {str(err).splitlines()[0]}"
+        ) from err
+    return LoadedRun(path, cfg, meta, model, state)
+
+
+# --------------------------------------------------------------- command line
+def check_output_root(args: list[str]) -> None:
+    """Refuse an output folder that cannot be written before Hydra tries to create runs in it."""
+    root = os.environ.get("DLEXP_OUTPUTS", "outputs")
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
+            root = value
+    path = Path(root).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise DlexpError(
+            f"cannot write runs under {path}: {existing} is not a writable folder. Point "
+            "DLEXP_OUTPUTS (or out_root=) at a folder you can write to."
+        )
+
+
+def resume_sweep_args(args: list[str]) -> list[str]:
+    """`-m ... sweep.resume=true`: reuse the latest sweep folder made by the same command."""
+    if "sweep.resume=true" not in args or not ({"-m", "--multirun"} & set(args)):
+        return args
+    import yaml
+
+    wanted = sorted(a for a in args if not a.startswith("-") and a != "sweep.resume=true")
+    root = Path(os.environ.get("DLEXP_OUTPUTS", "outputs")) / "sweeps"
+    for sweep in sorted(root.glob("*"), reverse=True):
+        multirun = sweep / "multirun.yaml"
+        if multirun.is_file():
+            task = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
+            if sorted(a for a in task if a != "sweep.resume=true") == wanted:
+                print(f"dlexp: resuming the sweep in {sweep}")
+                return [*args, f"hydra.sweep.dir={sweep}"]
+    print("dlexp: no earlier sweep with these overrides; starting a new one")
+    return args
+
+
+def hydra_train(args: list[str], config_path: str) -> None:
+    """`dlexp train <args>`: Hydra composes the config (one run, or a sweep's jobs); each job
+    is `train(cfg)`. A failing sweep job is recorded and the sweep goes on."""
+    import hydra
+
+    from dlexp.errors import user_error
+    from dlexp.train import train
+    from dlexp.trainer import Interrupted
+
+    check_output_root(args)
+    args = resume_sweep_args(args)
+
+    @hydra.main(version_base="1.3", config_path=config_path, config_name="train")
+    def main(cfg: DictConfig) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        try:
+            return objective(cfg, train(cfg))
+        except Interrupted as stop:
+            print(f"dlexp: {stop}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        except Exception as exc:
+            err = user_error(exc)
+            if err is None:
+                raise
+            if _in_sweep(HydraConfig.get()):  # one bad job must not stop a sweep
+                print(f"dlexp: job failed: {err}", file=sys.stderr)
+                return float("nan")  # a failed trial, for sweepers that optimise
+            print(f"dlexp: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    sys.argv = ["dlexp train", *args]
+    main()
