@@ -86,13 +86,13 @@ def launch(run) -> dict:
         "dlexp.distributed",
     ]
     log.info(f"starting {devices} processes with torch.distributed.run; run folder {run.dir}")
+    run.started = True  # whatever happens now, the folder is the run's
     code = subprocess.call(cmd, env=env)
     if code:
         raise DlexpError(
             f"a process of the distributed run in {run.dir} failed (exit status {code}) and the "
             "others were stopped; torchrun's summary above names its rank, exit code and error."
         )
-    run.started = True
     return metrics_of(run.dir)
 
 

@@ -14,6 +14,7 @@ removes what it made, if the run was refused before training) when the run ends.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import logging
@@ -250,10 +251,15 @@ def quote(text: str) -> str:
     return shlex.quote(f"'{escaped}'")
 
 
+# Set while `dlexp train`'s Hydra job function runs: only then is HydraConfig this run's own
+# (a compose() in a notebook or test leaves one behind that describes no run).
+_IN_HYDRA_JOB = contextvars.ContextVar("dlexp_hydra_job", default=False)
+
+
 def _hydra() -> tuple[Any, list[str] | None]:
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
+    if not _IN_HYDRA_JOB.get():
         return None, None
     hc = HydraConfig.get()
     return hc, list(hc.overrides.task)
@@ -378,7 +384,7 @@ def _prepare(run: Run, hc) -> None:
         return  # the run continues in its own folder
     from dlexp.checkpoint import save_json
 
-    command = " ".join(["dlexp", *sys.argv[1:]]) if hc is not None else "train(cfg)"
+    command = " ".join(["dlexp train", *hc.overrides.task]) if hc is not None else "train(cfg)"
     save_json(
         run.dir / "run.json",
         {"id": run.id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command},
@@ -505,36 +511,46 @@ def resume_sweep_args(args: list[str]) -> list[str]:
     return args
 
 
-def hydra_train(args: list[str], config_path: str) -> None:
-    """`dlexp train <args>`: Hydra composes the config (one run, or a sweep's jobs); each job
-    is `train(cfg)`. A failing sweep job is recorded and the sweep goes on."""
-    import hydra
+def hydra_job(cfg: DictConfig) -> float:
+    """One `dlexp train` job as Hydra runs it (a module-level function, so that launchers
+    that ship jobs to other processes can pickle it): `train(cfg)`, then its objective."""
+    from hydra.core.hydra_config import HydraConfig
 
     from dlexp.errors import user_error
     from dlexp.train import train
     from dlexp.trainer import Interrupted
 
+    job = _IN_HYDRA_JOB.set(True)
+    try:
+        return objective(cfg, train(cfg))
+    except Interrupted as stop:
+        print(f"dlexp: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
+        hc = HydraConfig.get()
+        if _in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
+            print(f"dlexp: job failed: {err}", file=sys.stderr)
+            result = Path(hc.runtime.output_dir) / "metrics.json"
+            if result.parent.is_dir() and not result.exists():
+                from dlexp.checkpoint import save_json
+
+                save_json(result, {"status": "failed", "message": str(err)})
+            return float("nan")  # a failed trial, for sweepers that optimise
+        print(f"dlexp: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        _IN_HYDRA_JOB.reset(job)
+
+
+def hydra_train(args: list[str], config_path: str) -> None:
+    """`dlexp train <args>`: Hydra composes the config (one run, or a sweep's jobs); each job
+    is `hydra_job(cfg)`. A failing sweep job is recorded and the sweep goes on."""
+    import hydra
+
     check_output_root(args)
     args = resume_sweep_args(args)
-
-    @hydra.main(version_base="1.3", config_path=config_path, config_name="train")
-    def main(cfg: DictConfig) -> float | None:
-        from hydra.core.hydra_config import HydraConfig
-
-        try:
-            return objective(cfg, train(cfg))
-        except Interrupted as stop:
-            print(f"dlexp: {stop}", file=sys.stderr)
-            raise SystemExit(stop.exit_code) from None
-        except Exception as exc:
-            err = user_error(exc)
-            if err is None:
-                raise
-            if _in_sweep(HydraConfig.get()):  # one bad job must not stop a sweep
-                print(f"dlexp: job failed: {err}", file=sys.stderr)
-                return float("nan")  # a failed trial, for sweepers that optimise
-            print(f"dlexp: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
     sys.argv = ["dlexp train", *args]
-    main()
+    hydra.main(version_base="1.3", config_path=config_path, config_name="train")(hydra_job)()

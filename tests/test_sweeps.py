@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from conftest import dlexp, make_cfg, read_hparams
 from dlexp.cli import config_dir, main
@@ -67,7 +68,7 @@ def test_every_experiment_runs(name, env, tmp_path):
     done = jobs(only_sweep(env))
     assert len(done) == 2
     for job in done:
-        assert json.loads((job / "metrics.json").read_text())["status"] in ("completed", "diverged")
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
     assert (only_sweep(env) / "summary.csv").is_file()
 
 
@@ -122,7 +123,8 @@ def test_four_job_sweep_report_csv_plot_and_hparams(env):
     )
     assert f"{accs[0]:.4f}" in best_line
     png = sweep / "test_acc.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = Image.open(png).size
+    assert width >= 400 and height >= 300  # a real plot, not an empty file
 
 
 def test_report_on_a_partly_failed_and_running_sweep(env):

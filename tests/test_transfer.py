@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import dlexp, make_cfg, read_scalars
+from conftest import cli, make_cfg, read_scalars
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.data import load_data
@@ -75,20 +75,16 @@ def test_resnet18_loads_weights_from_torch_home(env, tmp_path, monkeypatch):
     assert all(torch.equal(after[f"net.{k}"], pretrained[k]) for k in backbone)
 
 
-def test_missing_weights_offline_names_file_folder_and_url(env, tmp_path):
-    result = dlexp(
-        "train", "model=transfer", "data=stl10", env={**env, "TORCH_HOME": str(tmp_path)}
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "resnet18-f37072fd.pth" in result.stderr
-    assert str(tmp_path / "hub" / "checkpoints") in result.stderr
-    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in result.stderr
-    status = dlexp("weights", "vgg16", env={**env, "TORCH_HOME": str(tmp_path)})
-    assert (
-        status.returncode == 0
-        and "missing" in status.stdout
-        and "vgg16-397923af.pth" in status.stdout
-    )
+def test_missing_weights_offline_names_file_folder_and_url(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    code, _, err = cli(capsys, "train", "model=transfer", "data=stl10")
+    assert code == 2 and "Traceback" not in err
+    assert "resnet18-f37072fd.pth" in err
+    assert str(tmp_path / "hub" / "checkpoints") in err
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in err
+    code, out, _ = cli(capsys, "weights", "vgg16")
+    assert code == 0 and "vgg16 VGG16_Weights.IMAGENET1K_V1: missing" in out
+    assert "vgg16-397923af.pth" in out
 
 
 @pytest.mark.parametrize(
