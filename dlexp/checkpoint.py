@@ -48,6 +48,11 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     path = Path(run).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / f"{which}.pt"
+    if which == "best" and not path.is_file() and (path.parent / "last.pt").is_file():
+        raise DlexpError(
+            f"{path.parent.parent} has no best.pt (no epoch finished with a validation score, "
+            "or it was trained with trainer.checkpoint=false for best); use ckpt=last."
+        )
     if not path.is_file():
         raise DlexpError(
             f"no checkpoint at {path}. Give a run folder (one that holds checkpoints/{which}.pt, "
@@ -88,17 +93,47 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "loop": loop, "format": FORMAT, "run_id": None}
 
 
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch could not load `path`, in dlexp's words (never torch's weights_only advice)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    torch_file = head == b"PK" or head[:1] == b"\x80"  # torch.save's zip, or a raw pickle
+    if torch_file and "Weights only load failed" in str(err):
+        return (
+            f"{path} holds pickled Python objects, which dlexp never loads (they could run code)"
+            "; it is not a dlexp checkpoint. Use checkpoints/last.pt or best.pt of a dlexp run."
+        )
+    if head != b"PK":
+        return (
+            f"{path} is not a dlexp checkpoint (it is not a file that torch.save wrote: text, "
+            "JSON or another format?). Use checkpoints/last.pt or best.pt from a dlexp run folder."
+        )
+    best = path.with_name("best.pt")
+    hint = (
+        f" {best} is intact: continue from it with dlexp train trainer.resume={best}"
+        if path.name == "last.pt" and best.is_file() and _loads(best)
+        else ""
+    )
+    return (
+        f"{path} is a damaged dlexp checkpoint (truncated or corrupted, e.g. by a full disk or "
+        f"an interrupted copy); it was left as it is.{hint}"
+    )
+
+
+def _loads(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception:
+        return False
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load with weights_only=True: a file that carries pickled code is refused, not run."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DlexpError(
-            f"{path} is not a readable dlexp checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). It may be truncated, from "
-            "another program, or hold pickled objects that are refused for safety; use a "
-            "checkpoint written by dlexp (checkpoints/last.pt or best.pt in a run folder)."
-        ) from err
+        raise DlexpError(_unreadable(path, err)) from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise DlexpError(
             f"{path} is not a dlexp checkpoint (it lacks the model weights and config that "

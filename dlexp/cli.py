@@ -62,17 +62,35 @@ def asks_help(args: list[str], text: str, needs_args: bool = False) -> bool:
     return False
 
 
-def parse_pairs(args: list[str], allowed: dict[str, str], command: str) -> dict[str, str]:
-    """key=value arguments of the non-Hydra commands, checked against `allowed`."""
-    out = dict(allowed)
+# What each command's own key=value arguments may be: a type name or a tuple of choices.
+KINDS = {
+    "count": (lambda v: v.isdigit() and int(v) >= 1, "a whole number >= 1, e.g. {key}=64"),
+    "int": (lambda v: v.lstrip("-").isdigit(), "a whole number, e.g. {key}=0"),
+    "bool": (lambda v: v in ("true", "false"), "true or false"),
+    "text": (lambda v: True, ""),
+}
+
+
+def parse_pairs(
+    args: list[str], spec: dict[str, tuple[str, str | tuple[str, ...]]], command: str
+) -> dict[str, str]:
+    """key=value arguments of the non-Hydra commands: spec maps each key to (default, kind),
+    where kind is a name in KINDS or a tuple of the allowed values."""
+    out = {key: default for key, (default, _) in spec.items()}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
+        if not sep or key not in spec:
             fail(
                 f"`dlexp {command}` does not take {arg!r}; it takes "
-                + ", ".join(f"{k}=..." for k in allowed)
+                + ", ".join(f"{k}=..." for k in spec)
                 + f" (see dlexp {command} --help)."
             )
+        kind = spec[key][1]
+        if isinstance(kind, tuple):
+            if value not in kind:
+                fail(f"{key}={value} is not one of the choices: {', '.join(kind)}.")
+        elif not KINDS[kind][0](value):
+            fail(f"{key}={value} is not valid: it must be {KINDS[kind][1].format(key=key)}.")
         out[key] = value
     return out
 
@@ -94,7 +112,12 @@ metrics, named as training reported them (test/acc, test/loss, ...).
 def cmd_eval(args: list[str]) -> None:
     if asks_help(args, EVAL_HELP):
         return
-    opts = parse_pairs(args, {"run": "", "ckpt": "last", "device": "auto"}, "eval")
+    spec = {
+        "run": ("", "text"),
+        "ckpt": ("last", ("last", "best")),
+        "device": ("auto", ("auto", "cpu", "cuda", "mps")),
+    }
+    opts = parse_pairs(args, spec, "eval")
     if not opts["run"]:
         fail(
             "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
@@ -116,12 +139,16 @@ DLEXP_DATA environment variable), where they are expected, and how to get them.
 def cmd_data(args: list[str]) -> None:
     if asks_help(args, DATA_HELP):
         return
-    opts = parse_pairs(args, {"root": os.environ.get("DLEXP_DATA", "./data")}, "data")
+    opts = parse_pairs(args, {"root": (os.environ.get("DLEXP_DATA", "./data"), "text")}, "data")
     from omegaconf import OmegaConf
 
     from dlexp.data.images import expected_files
 
-    print(f"data sets under {Path(opts['root']).resolve()} (change with root= or DLEXP_DATA)\n")
+    root = Path(opts["root"]).expanduser().resolve()
+    print(f"data sets under {root} (change with root= or DLEXP_DATA)")
+    if not root.is_dir():
+        print(f"  note: {root} does not exist, so no data set file is there yet")
+    print()
     for path in sorted((config_dir() / "data").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         about = path.read_text().splitlines()[0].lstrip("# ")
@@ -150,7 +177,7 @@ def cmd_report(args: list[str]) -> None:
     if asks_help(args, REPORT_HELP, needs_args=True):
         return
     folder, *rest = args
-    opts = parse_pairs(rest, {"metric": "", "plot": "true"}, "report")
+    opts = parse_pairs(rest, {"metric": ("", "text"), "plot": ("true", "bool")}, "report")
     from dlexp.report import report
 
     with user_errors():
@@ -168,7 +195,9 @@ def cmd_weights(args: list[str]) -> None:
     if asks_help(args, WEIGHTS_HELP, needs_args=True):
         return
     backbone, *rest = args
-    opts = parse_pairs(rest, {"weights": "DEFAULT", "download": "false"}, "weights")
+    opts = parse_pairs(
+        rest, {"weights": ("DEFAULT", "text"), "download": ("false", "bool")}, "weights"
+    )
     from dlexp.models.transfer import load_weights, weights_enum, weights_file
 
     with user_errors():
@@ -216,11 +245,15 @@ Draws n images from a trained GAN's generator and saves them as one PNG grid.
 def cmd_sample(args: list[str]) -> None:
     if asks_help(args, SAMPLE_HELP):
         return
-    opts = parse_pairs(args, {"run": "", "n": "64", "out": "samples.png", "seed": "0"}, "sample")
+    spec = {
+        "run": ("", "text"),
+        "n": ("64", "count"),
+        "out": ("samples.png", "text"),
+        "seed": ("0", "int"),
+    }
+    opts = parse_pairs(args, spec, "sample")
     if not opts["run"]:
         fail("`dlexp sample` needs run=<GAN run folder or checkpoint file>.")
-    if not opts["n"].isdigit() or int(opts["n"]) < 1:
-        fail(f"n={opts['n']} is not valid: it must be a whole number >= 1, e.g. n=64.")
     _log_to_console()
     from dlexp.sample import sample
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import fcntl
 import json
 import logging
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -147,6 +148,22 @@ def claim(run_dir: Path) -> int | None:
         ) from err
 
 
+MIN_FREE = 32 * 2**20  # TensorBoard, the log and a small model's checkpoints need this much
+
+
+def _check_space(run_dir: Path) -> None:
+    """A full disk fails in TensorBoard's writer thread, in torch.save and in logging, each with
+    its own traceback: say it once, before anything is written."""
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE:
+        kept = " Its checkpoints are intact." if (run_dir / "checkpoints").is_dir() else ""
+        raise DlexpError(
+            f"the disk holding {run_dir} is full ({free / 2**20:.1f} MB free), so the run would "
+            f"fail writing its log, curves and checkpoints; nothing was written.{kept} Free some "
+            "space, or put runs on another disk (DLEXP_OUTPUTS=<folder>)."
+        )
+
+
 def release(run_dir: Path, fd: int | None) -> None:
     if fd is None:
         return
@@ -238,17 +255,20 @@ class Run:
 
     @property
     def resume_command(self) -> str:
-        return f"dlexp train trainer.resume={quote(str(self.dir))}"
+        return f"dlexp train {shell_override('trainer.resume', str(self.dir))}"
 
 
-def quote(text: str) -> str:
-    """A value for a Hydra override on a shell command line (any characters, pasteable)."""
+def shell_override(key: str, value: str) -> str:
+    """`key=value` as a shell word that reaches Hydra intact, for any path (spaces, quotes,
+    non-ASCII): Hydra reads a quoted value literally, and the shell keeps Hydra's quotes."""
     import shlex
 
-    if all(c.isalnum() or c in "/._-~:" for c in text):
-        return text
-    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
-    return shlex.quote(f"'{escaped}'")
+    if all((c.isalnum() and c.isascii()) or c in "/._-~:+" for c in value):
+        return f"{key}={value}"
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    if not set(escaped) & set('"$`!\\'):
+        return f"\"{key}='{escaped}'\""  # the common case: readable
+    return shlex.quote(f"{key}='{escaped}'")
 
 
 # Set while `dlexp train`'s Hydra job function runs: only then is HydraConfig this run's own
@@ -283,6 +303,8 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
     fd, run = None, None
     try:
         check_config(cfg)
+        if overrides is not None:
+            _added_keys_check(cfg, overrides)
         resume, resume_path = None, None
         if cfg.trainer.get("resume"):
             resume_path = find_checkpoint(cfg.trainer.resume, "last")
@@ -299,6 +321,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
         if not run_dir.exists():
             made.append(run_dir)
         fd = claim(run_dir) if rank == 0 and not launched else None
+        _check_space(run_dir)
         run = Run(run_dir, cfg, run_id_of(run_dir) or uuid.uuid4().hex, resume, launched=launched)
         run.made = made
         if not launched:
@@ -349,8 +372,8 @@ def _decide(run: Run, resume_path: Path | None, hc, overrides: list[str] | None)
         run.notes.append(f"{run.dir.name}: already finished, skipped (sweep.resume=true)")
         run.done = metrics_of(run.dir)
         return
-    if cfg.trainer.get("overwrite"):
-        run.notes.append(f"trainer.overwrite=true: replacing the {status} run in {run.dir}")
+    if cfg.trainer.get("overwrite") or status == "failed":  # a failed job left no results
+        run.notes.append(f"replacing the {status} run in {run.dir}")
         for name in RUN_FILES:
             target = run.dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -359,7 +382,7 @@ def _decide(run: Run, resume_path: Path | None, hc, overrides: list[str] | None)
         run.id = uuid.uuid4().hex
         return
     last = run.dir / "checkpoints" / "last.pt"
-    if status not in FINISHED and status != "failed" and last.is_file():
+    if status not in FINISHED and last.is_file():
         # An interrupted (or killed) run whose folder is used again: a requeued job goes on.
         run.resume = load_checkpoint(last)
         if run.resume["run_id"] not in (None, run_id_of(run.dir)):
@@ -372,7 +395,7 @@ def _decide(run: Run, resume_path: Path | None, hc, overrides: list[str] | None)
         return
     raise DlexpError(
         f"{run.dir} already holds a {status} run, and a new run never replaces another. "
-        f"Continue that one with: dlexp train trainer.resume={quote(str(run.dir))} "
+        f"Continue that one with: dlexp train {shell_override('trainer.resume', str(run.dir))} "
         "(add e.g. trainer.epochs=20 to train it longer); or start this one in another folder "
         "(leave out hydra.run.dir for a new one); or replace it with trainer.overwrite=true."
     )
@@ -511,6 +534,106 @@ def resume_sweep_args(args: list[str]) -> list[str]:
     return args
 
 
+def _added_keys_check(cfg: DictConfig, overrides: list[str]) -> None:
+    """`+trainer.epoch=3` composes, but no code would read it: refuse it, naming the real key."""
+    added = [o for o in overrides if o.startswith("+")]
+    if not added:
+        return
+    from hydra import compose
+
+    from dlexp.checks import check_known_keys
+
+    reference = compose("train", overrides=[o for o in overrides if not o.startswith("+")])
+    check_known_keys(cfg, reference, ("trainer", "data", "task", "device", "sweep"))
+
+
+class _HeldStderr:
+    """Hydra prints a failed composition to stderr and exits 1. dlexp holds stderr back until
+    the config is composed (Hydra's on_run_start / on_multirun_start callbacks release it), so
+    that a mistyped key becomes one dlexp paragraph naming the real key instead."""
+
+    real: ClassVar[Any] = None
+    held: ClassVar[list[str]] = []
+
+    def write(self, text: str) -> int:
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @classmethod
+    def start(cls) -> None:
+        cls.real, cls.held = sys.stderr, []
+        sys.stderr = cls()
+
+    @classmethod
+    def release(cls) -> str:
+        if cls.real is not None:
+            sys.stderr, cls.real = cls.real, None
+        text, cls.held = "".join(cls.held), []
+        return text
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+class Composed(Callback):
+    """Hydra callback: the config is composed, so stderr goes back to the terminal."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sys.stderr.write(_HeldStderr.release())
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sys.stderr.write(_HeldStderr.release())
+
+
+def _composition_error(text: str, args: list[str], config_path: str) -> str:
+    """Hydra's message for a failed composition, or dlexp's for a key that does not exist."""
+    import re
+
+    if "No space left on device" in text:
+        return (
+            "dlexp: error: the disk is full: Hydra could not create the run folder or its "
+            "files. Free some space, or put runs on another disk (DLEXP_OUTPUTS=<folder>).\n"
+        )
+    parse = re.search(
+        r"(?:Error parsing override '(.*?)'|LexerNoViableAltException: (.*?))\n", text
+    )
+    override = parse and (parse.group(1) or parse.group(2))
+    if override and "=" in override:
+        key, _, value = override.partition("=")
+        return (
+            f"dlexp: error: Hydra could not read the override {override!r}: a value with "
+            "spaces or characters other than letters, digits and /._-~: must be quoted for "
+            f"Hydra, inside the shell's quotes: {shell_override(key, value.strip(chr(39)))}\n"
+        )
+    found = re.search(r"Could not override '([\w.]+)'", text)
+    if not found or "not in struct" not in text:
+        return text
+    key = found.group(1)
+    from hydra import compose, initialize_config_dir
+
+    from dlexp.checks import _leaves
+
+    kept = [a for a in args if not a.startswith("-") and a.partition("=")[0] != key]
+    try:
+        with initialize_config_dir(config_dir=config_path, version_base="1.3"):
+            known = _leaves(compose("train", overrides=kept))
+    except Exception:
+        return text
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    value = next(a.partition("=")[2] for a in args if a.partition("=")[0] == key)
+    return (
+        f"dlexp: error: {key}={value} does not name a setting of this config; {hint}"
+        "`dlexp train --cfg job` lists every key of this config.\n"
+    )
+
+
 def hydra_job(cfg: DictConfig) -> float:
     """One `dlexp train` job as Hydra runs it (a module-level function, so that launchers
     that ship jobs to other processes can pickle it): `train(cfg)`, then its objective."""
@@ -553,4 +676,16 @@ def hydra_train(args: list[str], config_path: str) -> None:
     check_output_root(args)
     args = resume_sweep_args(args)
     sys.argv = ["dlexp train", *args]
-    hydra.main(version_base="1.3", config_path=config_path, config_name="train")(hydra_job)()
+    _HeldStderr.start()
+    try:
+        hydra.main(version_base="1.3", config_path=config_path, config_name="train")(hydra_job)()
+    except SystemExit as exit_:
+        held = _HeldStderr.release()
+        if exit_.code == 1 and held:  # the config did not compose
+            message = _composition_error(held, args, config_path)
+            sys.stderr.write(message)
+            raise SystemExit(2 if message.startswith("dlexp:") else 1) from None
+        sys.stderr.write(held)
+        raise
+    finally:
+        sys.stderr.write(_HeldStderr.release())

@@ -386,9 +386,12 @@ class Trainer:
             save_checkpoint(folder / f"{name}.pt", state)
             if also_best:
                 save_checkpoint(folder / "best.pt", state)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch.save on a full disk: RuntimeError
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            if "unexpected pos" in reason or "write" in reason.lower():
+                reason = f"the disk is probably full: {reason}"
             raise DlexpError(
-                f"could not write a checkpoint in {folder} ({err.strerror or err}). The previous "
+                f"could not write a checkpoint in {folder} ({reason}). The previous "
                 "checkpoint there is intact. Free some space (or fix the folder's permissions) "
                 f"and continue with: {self.resume_command}"
             ) from err
@@ -413,9 +416,8 @@ class Trainer:
             if self.signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signal = signum
-            log.warning(
-                f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit now)"
-            )
+            again = " (Ctrl-C again to quit now)" if signum == signal.SIGINT else ""
+            log.warning(f"{signal.Signals(signum).name}: stopping after this step{again}")
 
         try:
             # SIGUSR1: the warning SLURM (and submitit) send before preempting a job.

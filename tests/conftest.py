@@ -32,11 +32,19 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def env(tmp_path, data_root, monkeypatch) -> dict[str, str]:
-    """Environment for runs: outputs in a temporary folder, data from the generated root."""
+    """Environment for runs: outputs in a temporary folder, data from the generated root, the
+    decoded-data cache beside it (shared by the session's tests)."""
     out = tmp_path / "outputs"
+    cache = data_root.parent / "cache"
     monkeypatch.setenv("DLEXP_OUTPUTS", str(out))
     monkeypatch.setenv("DLEXP_DATA", str(data_root))
-    return {**os.environ, "DLEXP_OUTPUTS": str(out), "DLEXP_DATA": str(data_root)}
+    monkeypatch.setenv("DLEXP_CACHE", str(cache))
+    return {
+        **os.environ,
+        "DLEXP_OUTPUTS": str(out),
+        "DLEXP_DATA": str(data_root),
+        "DLEXP_CACHE": str(cache),
+    }
 
 
 def make_cfg(*overrides: str) -> DictConfig:

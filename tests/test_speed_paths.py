@@ -21,8 +21,13 @@ def fresh_root(tmp_path, monkeypatch):
     root = fake_data.mnist_root(tmp_path / "data")
     monkeypatch.setenv("DLEXP_DATA", str(root))
     monkeypatch.setenv("DLEXP_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("DLEXP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "_MEMORY", {})
     return root
+
+
+def snapshot(folder) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def test_decoded_once_per_process_then_from_disk(fresh_root, caplog, monkeypatch):
@@ -30,7 +35,7 @@ def test_decoded_once_per_process_then_from_disk(fresh_root, caplog, monkeypatch
     cfg = make_cfg("data=mnist").data
     first = load_data(cfg, seed=0)
     assert "mnist: decoded 200 training samples" in caplog.text
-    (cached,) = (fresh_root / ".dlexp-cache").glob("mnist-*.pt")
+    (cached,) = cache.cache_dir().glob("mnist-*.pt")
 
     caplog.clear()
     again = load_data(cfg, seed=0)
@@ -58,14 +63,36 @@ def test_changed_files_are_decoded_again(fresh_root, caplog, monkeypatch):
     assert len(data.train) + len(data.val) == 300
 
 
-def test_damaged_cache_is_ignored(fresh_root, caplog, monkeypatch):
-    load_data(make_cfg("data=mnist").data, seed=0)
-    (cached,) = (fresh_root / ".dlexp-cache").glob("mnist-*.pt")
-    cached.write_bytes(b"not a tensor file")
+@pytest.mark.parametrize("damage", ["not a tensor file", "well-formed but wrong labels"])
+def test_a_damaged_or_wrong_cache_is_noticed(damage, fresh_root, caplog, monkeypatch):
+    first = load_data(make_cfg("data=mnist").data, seed=0)
+    (cached,) = cache.cache_dir().glob("mnist-*.pt")
+    if damage == "not a tensor file":
+        cached.write_bytes(b"not a tensor file")
+    else:  # the shape of a good cache, with every label shifted by one
+        state = torch.load(cached, weights_only=True)
+        state["train"] = (state["train"][0], (state["train"][1] + 1) % 10)
+        torch.save(state, cached)
     monkeypatch.setattr(cache, "_MEMORY", {})
     caplog.set_level(logging.INFO, logger="dlexp")
     data = load_data(make_cfg("data=mnist").data, seed=0)
-    assert "ignoring the unreadable cache file" in caplog.text and len(data.test) == 100
+    assert f"ignoring the cache file {cached}" in caplog.text and "decoding again" in caplog.text
+    assert torch.equal(data.train.y, first.train.y)  # the real labels, decoded afresh
+
+
+def test_nothing_is_written_under_a_read_only_data_root(fresh_root, tmp_path, monkeypatch):
+    before = snapshot(fresh_root)
+    fresh_root.chmod(0o555)  # (root ignores this, hence the snapshot)
+    try:
+        train(make_cfg("data=mnist", "trainer.epochs=1"), run_dir=tmp_path / "run")
+    finally:
+        fresh_root.chmod(0o755)
+    assert snapshot(fresh_root) == before
+    assert list(cache.cache_dir().glob("mnist-*.pt"))  # cached in the cache folder instead
+    monkeypatch.setattr(cache, "_MEMORY", {})
+    monkeypatch.setenv("DLEXP_CACHE", str(tmp_path / "cache2"))
+    load_data(make_cfg("data=mnist", "data.cache=false").data, seed=0)
+    assert not (tmp_path / "cache2").exists()  # data.cache=false: no cache at all
 
 
 def test_six_job_sweep_decodes_the_data_once(fresh_root, tmp_path):

@@ -1,9 +1,12 @@
 """Decode a data set once: reuse its tensors within a process and across runs (on disk).
 
-The disk cache sits next to the data (<root>/.dlexp-cache/) and is keyed by the loader's
-config and the size and modification time of every source file, so a replaced file is decoded
-again. Files are written to a temporary name and renamed, so two runs racing to fill the cache
-both end up reading a complete file.
+The disk cache lives in the user's cache folder (`$DLEXP_CACHE`, else `$XDG_CACHE_HOME/dlexp`,
+else `~/.cache/dlexp`), never in the data folder, which may be shared or read-only;
+`data.cache=false` turns it off. A cache file is keyed by the loader's config and the path,
+size and modification time of every source file, so a replaced file is decoded again, and it
+stores a CRC-32 of its tensors, so a damaged or foreign cache file is noticed and decoded
+afresh. Files are written to a temporary name and renamed, so two runs racing to fill the
+cache both end up reading a complete file.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,7 +27,7 @@ from dlexp.checkpoint import atomic_write
 from dlexp.data.core import DataMeta, Raw, Split
 
 log = logging.getLogger("dlexp")
-VERSION = 1  # bump when the decoded layout changes
+VERSION = 2  # bump when the decoded layout changes
 _MEMORY: dict[str, Raw] = {}
 _MEMORY_SIZE = 3  # data sets kept in memory (a sweep reuses one; switching sets evicts)
 
@@ -57,8 +62,8 @@ def load_raw(cfg: DictConfig) -> Raw:
         return _copy(_MEMORY[key])
 
     path = None
-    if files and all(f.is_file() for f in files):
-        path = Path(source["root"]).expanduser().resolve() / ".dlexp-cache" / f"{cfg.name}-{key}.pt"
+    if files and all(f.is_file() for f in files) and cfg.get("cache", True):
+        path = cache_dir() / f"{cfg.name}-{key}.pt"
     raw = _read(path) if path is not None and path.is_file() else None
     if raw is not None:
         log.info(f"{cfg.name}: loaded the decoded tensors from {path}")
@@ -75,11 +80,31 @@ def load_raw(cfg: DictConfig) -> Raw:
     return _copy(raw)
 
 
+def cache_dir() -> Path:
+    if os.environ.get("DLEXP_CACHE"):
+        return Path(os.environ["DLEXP_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dlexp"
+
+
+def _checksum(tensors: list[torch.Tensor]) -> int:
+    """CRC-32 of the tensors' bytes: about 1 GB/s, cheap next to decoding."""
+    crc = 0
+    for t in tensors:
+        crc = zlib.crc32(t.contiguous().view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def _tensors(raw: Raw) -> list[torch.Tensor]:
+    return [raw.train.x, raw.train.y, *((raw.test.x, raw.test.y) if raw.test else ())]
+
+
 def _write(path: Path, raw: Raw) -> None:
     state = {
         "train": (raw.train.x, raw.train.y),
         "test": (raw.test.x, raw.test.y) if raw.test is not None else None,
         "meta": asdict(raw.meta),
+        "crc32": _checksum(_tensors(raw)),
     }
     try:
         atomic_write(path, lambda f: torch.save(state, f))
@@ -93,7 +118,10 @@ def _read(path: Path) -> Raw | None:
         meta = DataMeta(**state["meta"])
         meta.input_shape = tuple(meta.input_shape)
         test = Split(*state["test"]) if state["test"] is not None else None
-        return Raw(Split(*state["train"]), test, meta)
+        raw = Raw(Split(*state["train"]), test, meta)
+        if state.get("crc32") != _checksum(_tensors(raw)):
+            raise ValueError("its tensors do not match their checksum")
+        return raw
     except Exception as err:  # a damaged cache is only a cache: decode again
-        log.warning(f"ignoring the unreadable cache file {path} ({type(err).__name__})")
+        log.warning(f"ignoring the cache file {path} ({type(err).__name__}: {err}); decoding again")
         return None

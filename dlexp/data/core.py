@@ -224,6 +224,23 @@ def _check_fraction(key: str, value: float) -> None:
         )
 
 
+def _check_enough(train: Split, meta: DataMeta, cfg: DictConfig) -> None:
+    """A split that leaves too few training samples would train on noise: refuse it as such."""
+    classes = meta.num_classes
+    present = len(train.y.unique()) if classes and len(train) else 0
+    if len(train) >= 2 and (not classes or present == classes):
+        return
+    need = f"at least one of each of its {classes} classes" if classes else "at least 2"
+    held = [f"data.{k}={cfg.get(k)}" for k in ("val_fraction", "test_fraction", "subset")]
+    raise DlexpError(
+        f"data={meta.name}: the splits leave {len(train)} training sample(s)"
+        + (f" covering {present} of {classes} classes" if classes else "")
+        + f", and training needs {need}. With {', '.join(h for h in held if not h.endswith('None'))}"
+        " too much is held out (or cut); lower data.val_fraction / data.test_fraction, or raise "
+        "data.subset."
+    )
+
+
 def load_data(cfg: DictConfig, seed: int) -> Data:
     """Load the data set named by `cfg` (a `data` config) and split it into train/val/test."""
     _check_fraction("val_fraction", cfg.val_fraction)
@@ -251,6 +268,7 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
             s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
         )
 
+    _check_enough(train, meta, cfg)
     if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
         train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
     if cfg.get("test_roll"):  # the course's shifted-MNIST test: roll test images sideways

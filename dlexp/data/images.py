@@ -58,6 +58,13 @@ def _open(name: str, make, root: str, download: bool, split: str = "letters"):
     """Build the torchvision data set, turning 'not found' and read errors into clear messages."""
     folder, files = expected_files(name, root, split)
     missing = [f for f in files if not (folder / f).is_file()]
+    folders = [f for f in missing if (folder / f).is_dir()]
+    if folders:
+        raise DlexpError(
+            f"data={name}: {folder / folders[0]} is a folder, where the data file of that name "
+            "should be. Move it away and put the file there (`dlexp data` lists the files "
+            "each data set needs)."
+        )
     if missing and not download:
         raise DlexpError(
             f"data={name}: {len(missing)} file(s) missing in {folder} ({', '.join(missing)}). "
@@ -116,15 +123,30 @@ def _damaged_file(folder: Path, files: list[str]) -> Path | None:
     return None
 
 
+def _matched(name: str, split: Split, images: Path, labels: Path) -> Split:
+    """Images and labels must pair up one to one; a short file would silently drop samples."""
+    if len(split.x) != len(split.y):
+        raise DlexpError(
+            f"data={name}: {images} holds {len(split.x):,} images but {labels} holds "
+            f"{len(split.y):,} labels; they must match one to one. One of the files is damaged "
+            "or from another copy of the data set: replace it with a good copy (nothing was "
+            "deleted)."
+        )
+    return split
+
+
 def _mnist_like(name: str, cls, root: str, download: bool) -> Raw:
     def make(r: str):
         return cls(r, train=True, download=download), cls(r, train=False, download=False)
 
     train, test = _open(name, make, root, download)
+    folder = expected_files(name, root)[0]
     meta = DataMeta(name, "image", (1, 28, 28), len(train.classes), list(train.classes))
     return Raw(
-        Split(train.data.unsqueeze(1), train.targets),
-        Split(test.data.unsqueeze(1), test.targets),
+        *(
+            _matched(name, Split(ds.data.unsqueeze(1), ds.targets), folder / images, folder / labels)
+            for ds, (images, labels) in zip((train, test), (_MNIST_FILES[:2], _MNIST_FILES[2:]), strict=True)
+        ),
         meta,
     )
 
@@ -156,11 +178,14 @@ def emnist(root: str, download: bool = False, split: str = "letters") -> Raw:
     offset = 1 if classes[0] == "N/A" else 0
     classes = classes[offset:]
 
-    def upright(ds) -> Split:  # EMNIST's images are stored transposed
-        return Split(ds.data.transpose(1, 2).unsqueeze(1).contiguous(), ds.targets - offset)
+    folder, files = expected_files("emnist", root, split)
+
+    def upright(ds, images: str, labels: str) -> Split:  # EMNIST's images are stored transposed
+        out = Split(ds.data.transpose(1, 2).unsqueeze(1).contiguous(), ds.targets - offset)
+        return _matched("emnist", out, folder / images, folder / labels)
 
     meta = DataMeta("emnist", "image", (1, 28, 28), len(classes), classes)
-    return Raw(upright(train), upright(test), meta)
+    return Raw(upright(train, *files[:2]), upright(test, *files[2:]), meta)
 
 
 class _CIFAR10(datasets.CIFAR10):
@@ -177,12 +202,15 @@ def cifar10(root: str, download: bool = False) -> Raw:
 
     train, test = _open("cifar10", make, root, download)
 
-    def split(ds) -> Split:  # torchvision keeps CIFAR as HWC numpy arrays
+    folder = expected_files("cifar10", root)[0]
+
+    def split(ds, files: str) -> Split:  # torchvision keeps CIFAR as HWC numpy arrays
         x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return Split(x, torch.tensor(ds.targets, dtype=torch.long))
+        out = Split(x, torch.tensor(ds.targets, dtype=torch.long))
+        return _matched("cifar10", out, folder / files, folder / files)
 
     meta = DataMeta("cifar10", "image", (3, 32, 32), len(train.classes), list(train.classes))
-    return Raw(split(train), split(test), meta)
+    return Raw(split(train, "data_batch_1..5"), split(test, "test_batch"), meta)
 
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
@@ -200,9 +228,13 @@ def stl10(root: str, download: bool = False) -> Raw:
 
     train, test = _open("stl10", make, root, download)
 
-    def split(ds) -> Split:
+    folder = expected_files("stl10", root)[0]
+
+    def split(ds, part: str) -> Split:
         x = torch.from_numpy(np.ascontiguousarray(ds.data))
-        return Split(x, torch.from_numpy(ds.labels.astype(np.int64)))
+        out = Split(x, torch.from_numpy(ds.labels.astype(np.int64)))
+        return _matched("stl10", out, folder / f"{part}_X.bin", folder / f"{part}_y.bin")
 
     classes = list(getattr(train, "classes", None) or STL10_CLASSES)
-    return Raw(split(train), split(test), DataMeta("stl10", "image", (3, 96, 96), 10, classes))
+    meta = DataMeta("stl10", "image", (3, 96, 96), 10, classes)
+    return Raw(split(train, "train"), split(test, "test"), meta)

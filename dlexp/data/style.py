@@ -42,6 +42,9 @@ def demo_style(size: int = 256) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
+MIN_SIDE = 32  # VGG's features of anything smaller are mostly padding
+
+
 def _read(path: str, role: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -50,9 +53,16 @@ def _read(path: str, role: str) -> np.ndarray:
         raise DlexpError(f"data.{role}={path}: there is no such file. Give the path of an image (PNG, JPEG, ...).")
     try:
         with Image.open(file) as img:
-            return np.array(img.convert("RGB"))
+            pixels = np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise DlexpError(f"data.{role}={path} is not an image that can be read ({err}).") from err
+    if min(pixels.shape[:2]) < MIN_SIDE:
+        raise DlexpError(
+            f"data.{role}={path} is {pixels.shape[1]}x{pixels.shape[0]} pixels: too small to "
+            f"carry a {role}. Use an image at least {MIN_SIDE} pixels on each side (it is "
+            "resized to data.size, 256 by default)."
+        )
+    return pixels
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -40,6 +40,7 @@ class DenseAutoencoder(nn.Module):
         units: int | None = None,
     ) -> None:
         super().__init__()
+        require_images(input_shape, "autoencoder", "model=ann")
         if units is not None:  # one hidden layer each side (the course's units x bottleneck sweep)
             hidden = [units]
         self.input_shape = tuple(input_shape)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dlexp.errors import DlexpError
+from dlexp.models.layers import require_images
 
 
 class GAN(nn.Module):
@@ -40,6 +41,7 @@ class MLPGAN(GAN):
         slope: float = 0.01,
     ) -> None:
         super().__init__()
+        require_images(input_shape, "gan", "model=ann (a classifier)")
         self.latent, self.shape = latent, tuple(input_shape)
         size = math.prod(input_shape)
 
@@ -68,6 +70,7 @@ class DCGAN(GAN):
         channels: list[int] = (512, 256, 128, 64),
     ) -> None:
         super().__init__()
+        require_images(input_shape, "dcgan", "model=ann (a classifier)")
         c, h, w = input_shape
         if (h, w) != (64, 64):
             raise DlexpError(

@@ -37,6 +37,12 @@ class Stylize(Task):
         init: str = "noise",
         out_size: int | None = None,
     ) -> None:
+        if meta is not None and meta.name != "style_images":
+            raise DlexpError(
+                f"task=stylize (model=style_transfer) paints one image in the style of another; "
+                f"it needs data=style_images (data.content=<image> data.style=<image>), not "
+                f"data={meta.name}. `dlexp stylize content=... style=...` sets both."
+            )
         if len(style_weights) != len(style_layers):
             raise DlexpError(
                 f"task.style_weights has {len(style_weights)} values for {len(style_layers)} "
