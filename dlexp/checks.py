@@ -93,6 +93,7 @@ RULES: dict[str, Rule] = {
     "data.test_roll": Rule(lambda v: isinstance(v, int) and not isinstance(v, bool), "pixels"),
     "data.normalize": Rule(_one_of("standard", "unit", "symmetric"), "standard, unit or symmetric"),
     "data.download": Rule(_bool, "true or false"),
+    "data.cache": Rule(_bool, "true or false"),
     "data.standardize": Rule(_bool, "true or false"),
     "data.augment.hflip": Rule(_bool, "true or false"),
     "data.augment.shift": Rule(_int(0), "a whole number of pixels >= 0"),
