@@ -13,16 +13,18 @@ metric sums, the RNG states and the history so far.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
@@ -44,6 +46,30 @@ class Interrupted(Exception):
 
 class Diverged(DlexpError):
     """The loss became NaN or infinite."""
+
+
+def _namespace(node: Any) -> Any:
+    if isinstance(node, dict):
+        return SimpleNamespace(**{k: _namespace(v) for k, v in node.items()})
+    return node
+
+
+_MODAL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _mode(model: nn.Module, training: bool) -> None:
+    """model.train()/eval() walk every module: skip the walk when nothing changes, or when no
+    module behaves differently in the two modes (no dropout or batch norm: most course nets)."""
+    if model.training == training:
+        return
+    modal = getattr(model, "_dlexp_modal", None)
+    if modal is None:
+        modal = any(
+            isinstance(m, _MODAL) or type(m).train is not nn.Module.train for m in model.modules()
+        )
+        model._dlexp_modal = modal
+    if modal:
+        model.train(training)
 
 
 def pick_device(kind: str) -> torch.device:
@@ -96,7 +122,9 @@ class Trainer:
         dist: Dist | None = None,
         run_id: str | None = None,
     ) -> None:
-        self.cfg = cfg
+        # A plain namespace: a DictConfig lookup costs microseconds, and the loop reads the
+        # settings every epoch (1,000-epoch course runs of a tiny net are mostly overhead).
+        self.cfg = cfg = _namespace(OmegaConf.to_container(cfg, resolve=True))
         self.run_id = run_id
         self.device = device
         self.run_dir = run_dir
@@ -137,7 +165,7 @@ class Trainer:
         self, task, model: nn.Module, data: Data, split: Split, batch_size: int, keep: bool = False
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """Metrics over a whole split (and the outputs, if `keep`)."""
-        model.eval()
+        _mode(model, False)
         task.start_eval()
         sums: dict[str, torch.Tensor] = {}
         outputs = []
@@ -211,6 +239,8 @@ class Trainer:
             log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
         loop = self.loop
+        self.lr = optimizer.param_groups[0]["lr"]
+        self._saved_at, self._best = time.monotonic(), None
         shown = cfg.progress if self.dist.main else "none"
         with self._signals(), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
             while loop.epoch < cfg.epochs:
@@ -229,8 +259,8 @@ class Trainer:
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
                 metrics["lr"] = self.lr if step_scheduler else optimizer.param_groups[0]["lr"]
-                metrics["samples_per_s"] = loop.seen / seconds
-                self._log_scalars({**metrics, "epoch": epoch})
+                self._log_scalars(metrics)
+                metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
                 self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
@@ -243,9 +273,14 @@ class Trainer:
                 loop.best = metrics[key] if improved else loop.best
                 loop.stale = 0 if improved else loop.stale + 1
                 self.history.append({"epoch": epoch, "train_seconds": seconds, **metrics})
+                stopping = bool(stop.patience) and loop.stale >= stop.patience
                 if cfg.checkpoint:
-                    self._save("last", also_best=improved)
-                if stop.patience and loop.stale >= stop.patience:
+                    if improved:  # kept in memory, written with the next checkpoint
+                        self._best = (copy.deepcopy(self._state()), len(self.history))
+                    waited = time.monotonic() - self._saved_at >= cfg.checkpoint_interval
+                    if waited or stopping or epoch == cfg.epochs:
+                        self._save()
+                if stopping:
                     log.info(f"early stopping: no better {key} for {stop.patience} epoch(s)")
                     break
 
@@ -304,7 +339,7 @@ class Trainer:
         every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
         last_save = time.monotonic()
         bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss
-        self.model.train()
+        _mode(self.model, True)
         gen = epoch_generator(self.seed, loop.epoch + 1)
         batches = self.data.batches(
             self.data.train,
@@ -344,7 +379,7 @@ class Trainer:
                     for k, v in step_sums.items():
                         self.writer.add_scalar(f"train/{k}_step", v.item() / len(y), step)
             if (due or self.signal is not None) and cfg.checkpoint:
-                self._save("last")
+                self._save()
                 last_save = time.monotonic()
             if self.signal is not None:
                 self._stop_on_signal()
@@ -356,18 +391,19 @@ class Trainer:
         if step < 0:
             return
         epoch = self.loop.epoch + 1
-        last = self.run_dir / "checkpoints" / "last.pt"
-        kept = f"The last good checkpoint, {last}, is kept. " if last.is_file() else ""
+        self._write_best()  # the best state so far is still good: keep it
+        folder = self.run_dir / "checkpoints"
+        kept = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
+        kept = f"The good checkpoints ({', '.join(map(str, kept))}) are kept. " if kept else ""
         raise Diverged(
             f"the training loss became NaN or infinite at epoch {epoch}, step {step}. {kept}"
             f"Try a lower learning rate (optimizer.lr), gradient clipping (trainer.grad_clip=1.0) "
             f"or fp32 (trainer.precision=fp32)."
         )
 
-    def _save(self, name: str, also_best: bool = False) -> None:
-        if not self.dist.main:  # one writer per run
-            return
-        state = {
+    def _state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds but the history (see checkpoint.FORMAT)."""
+        return {
             "format": FORMAT,
             "run_id": self.run_id,
             "config": self.config_yaml,
@@ -377,15 +413,19 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "loop": asdict(self.loop),
-            "history": self.history,
             "rng": rng_state(),
         }
+
+    def _save(self) -> None:
+        """last.pt (where the loop stands) and, if a better epoch came since, best.pt."""
+        self._saved_at = time.monotonic()
+        if not self.dist.main:  # one writer per run
+            return
         folder = self.run_dir / "checkpoints"
         self.writer.flush()  # the curves up to this checkpoint survive a SIGKILL with it
         try:
-            save_checkpoint(folder / f"{name}.pt", state)
-            if also_best:
-                save_checkpoint(folder / "best.pt", state)
+            save_checkpoint(folder / "last.pt", {**self._state(), "history": self.history})
+            self._write_best()
         except (OSError, RuntimeError) as err:  # torch.save on a full disk: RuntimeError
             reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
             if "unexpected pos" in reason or "write" in reason.lower():
@@ -395,6 +435,13 @@ class Trainer:
                 "checkpoint there is intact. Free some space (or fix the folder's permissions) "
                 f"and continue with: {self.resume_command}"
             ) from err
+
+    def _write_best(self) -> None:
+        if self._best is not None and self.dist.main:
+            state, epochs = self._best
+            path = self.run_dir / "checkpoints" / "best.pt"
+            save_checkpoint(path, {**state, "history": self.history[:epochs]})
+            self._best = None
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -446,7 +493,7 @@ class Trainer:
 
     @torch.inference_mode()
     def _extra(self, task, model: nn.Module, data: Data) -> dict[str, float]:
-        model.eval()
+        _mode(model, False)
         return task.extra_metrics(model, data)
 
     # ---------------------------------------------------------------- TensorBoard
@@ -455,12 +502,15 @@ class Trainer:
         """A task's TensorBoard extras, computed in eval mode (and fp32) at the current step."""
         if not self.dist.main:
             return
-        model.eval()
+        _mode(model, False)
         report(self.writer, model, data, *args, step=self.loop.step, **kwargs)
 
     def _log_scalars(self, values: dict[str, float]) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, self.loop.step)
+        """All of them in one event (add_scalar would write one event per value)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        self.writer.file_writer.add_summary(summary, self.loop.step)
 
     def _write_hparams(self, hparams: dict[str, Any], final: dict[str, Any]) -> None:
         """HParams records in the run's own event file (add_hparams would make a sub-run)."""
