@@ -69,7 +69,9 @@ RULES: dict[str, Rule] = {
         _int(1), "a whole number of epochs >= 1, or null for no early stopping", True
     ),
     "trainer.early_stopping.min_delta": Rule(_num(0), "a number >= 0, e.g. 0.001"),
-    "trainer.precision": Rule(_one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+    "trainer.precision": Rule(
+        _one_of("auto", "fast", "fp32", "bf16", "fp16"), "auto, fast, fp32, bf16 or fp16"
+    ),
     "trainer.progress": Rule(_one_of("auto", "bar", "log", "none"), "auto, bar, log or none"),
     "trainer.compile": Rule(_bool, "true or false"),
     "trainer.deterministic": Rule(_bool, "true or false"),

@@ -83,11 +83,30 @@ def pick_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `trainer.precision`, or None for plain fp32."""
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else None
+    """The autocast dtype for `trainer.precision`, or None for plain fp32.
+
+    auto: bf16 on CUDA GPUs that have it, else fp32 (the course's numbers); fast: bf16 wherever
+    it is native (those GPUs, and CPUs with AVX512-BF16 or AMX), else fp32.
+    """
+    if precision in ("auto", "fast"):
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        cpu = device.type == "cpu" and cpu_has_native_bf16()
+        chosen = torch.bfloat16 if native or (precision == "fast" and cpu) else None
+        why = "a CUDA GPU with bf16" if native else f"{device.type}"
+        if cpu and chosen is None:
+            why += "; this CPU has native bf16: trainer.precision=fast uses it (faster conv nets)"
+        log.info(f"precision {precision}: {'bf16 autocast' if chosen else 'fp32'} ({why})")
+        return chosen
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

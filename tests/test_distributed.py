@@ -85,6 +85,7 @@ def test_a_killed_process_stops_the_run_with_its_error(env, tmp_path):
             "trainer.devices=2",
             "data.batch_size=4",
             "trainer.epochs=500",
+            "trainer.checkpoint_interval=0",  # last.pt after the first epoch: the cue to kill
             f"hydra.run.dir={run}",
         ],
         env=env,

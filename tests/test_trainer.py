@@ -110,3 +110,39 @@ def test_one_cycle_is_sized_from_the_real_step_count(env, tmp_path):
     assert max(lrs) == pytest.approx(cfg.optimizer.lr, rel=0.05)  # it reaches its peak ...
     assert metrics["lr"] < 1e-5  # ... and anneals by the end
     assert read_scalars(tmp_path)["lr"][-1][1] < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("native", "precision", "expected"),
+    [(True, "fast", torch.bfloat16), (False, "fast", torch.float32), (True, "auto", torch.float32)],
+)
+def test_precision_fast_uses_bf16_where_the_cpu_has_it_and_says_so(
+    native, precision, expected, env, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr("dlexp.trainer.cpu_has_native_bf16", lambda: native)
+    dtypes = set()
+
+    def hook(module, args, output) -> None:
+        if torch.is_grad_enabled() and isinstance(module, nn.Conv2d):  # training steps
+            dtypes.add(output.dtype)
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with caplog.at_level("INFO", logger="dlexp"):
+            train(
+                make_cfg(
+                    "model=cnn",
+                    "data=mnist",
+                    "trainer.epochs=1",
+                    "device=cpu",
+                    f"trainer.precision={precision}",
+                ),
+                run_dir=tmp_path,
+            )
+    finally:
+        handle.remove()
+    assert dtypes == {expected}
+    chosen = "bf16 autocast" if expected == torch.bfloat16 else "fp32"
+    assert f"precision {precision}: {chosen} (cpu" in caplog.text
+    if precision == "auto" and native:  # auto keeps the course's fp32 and says what would help
+        assert "trainer.precision=fast uses it" in caplog.text
