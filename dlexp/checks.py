@@ -145,6 +145,11 @@ def check_config(cfg: DictConfig) -> None:
         )
     for key, rule in RULES.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT and key.startswith("trainer.") and "trainer" in cfg:
+            raise DlexpError(
+                f"{key} was removed (~{key}?), but the trainer reads it: give it a value "
+                f"instead ({key}=...; `dlexp train --cfg job` shows its default)."
+            )
         if value is _ABSENT or (value is None and rule.optional):
             continue  # a key this config does not have, or null where null means "off"
         if not rule.test(value):

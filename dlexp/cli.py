@@ -165,11 +165,13 @@ def cmd_data(args: list[str]) -> None:
             print(f"  {'':<14} {'':<14} (online), or copy {', '.join(missing)} there")
 
 
-REPORT_HELP = """usage: dlexp report <sweep folder> [metric=test/acc] [plot=true]
+REPORT_HELP = """usage: dlexp report <sweep folder> [metric=val/acc] [plot=true]
 
 A table of every job of a sweep (its swept values, final train/val/test metrics, status and
-time), sorted by the metric with the best job marked; writes summary.csv and a plot of the
-metric against the first swept value (one line per value of the second) into the folder.
+time), sorted by the metric with the best job marked; writes summary.csv and summary.png (the
+metric against the first swept value, one line per value of the second) into the folder.
+The metric is by default the sweep's objective: the one the jobs' best.pt and the sweeper
+used (val/acc, or val/loss without accuracy), never a test metric unless asked for.
 """
 
 

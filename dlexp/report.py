@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from dlexp.errors import DlexpError
+from dlexp.tasks.base import higher_is_better
 
 try:  # Hydra's callback base class; the summary is written when a multirun ends
     from hydra.experimental.callback import Callback
@@ -49,6 +50,9 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
             metrics = json.loads(metrics_file.read_text())
             row["status"] = metrics.get("status", "?")
             row["time_s"] = metrics.get("time_s")
+            row["monitor"] = metrics.get("monitor")
+            if row["status"] in ("failed", "diverged"):
+                row["reason"] = metrics.get("message", "")
             row.update(
                 {k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))}
             )
@@ -72,19 +76,22 @@ def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def pick_metric(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, bool]:
-    """The metric to sort by (default: test accuracy, else test loss) and whether higher is better."""
+    """The metric to sort by and whether higher is better: by default the objective the jobs
+    were trained for (what picked their best.pt and what the sweeper was given), never a
+    test metric unless asked."""
     available = {k for r in rows for k in r if k.startswith(("train/", "val/", "test/"))}
     if metric is None:
-        metric = next(
-            (m for m in ("test/acc", "val/acc", "test/loss", "val/loss") if m in available), None
-        )
+        chosen = [r["monitor"] for r in rows if r.get("monitor") in available]
+        metric = max(set(chosen), key=chosen.count) if chosen else None
+    if metric is None:
+        metric = next((m for m in ("val/acc", "val/loss", "train/loss") if m in available), None)
     if metric is None:
         return "", True
     if available and metric not in available:
         raise DlexpError(
             f"metric={metric} is not in this sweep's results; use one of {', '.join(sorted(available))}."
         )
-    return metric, not metric.endswith(("loss", "mse", "error"))
+    return metric, higher_is_better(metric)
 
 
 def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> list[dict[str, Any]]:
@@ -101,7 +108,7 @@ def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> l
     _print_table(sweep, rows, keys, metric, best)
     _write_csv(sweep / "summary.csv", rows, keys)
     if plot and keys and done:
-        _plot(sweep / f"{metric.replace('/', '_')}.png", done, keys, metric)
+        _plot(sweep / "summary.png", done, keys, metric)
     return rows
 
 
@@ -142,7 +149,7 @@ def _write_csv(path: Path, rows, keys) -> None:
     metrics = _columns(rows)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", *keys, *metrics, "status", "time_s", "folder"])
+        writer.writerow(["job", *keys, *metrics, "status", "time_s", "folder", "reason"])
         for r in rows:
             writer.writerow(
                 [
@@ -152,6 +159,7 @@ def _write_csv(path: Path, rows, keys) -> None:
                     r["status"],
                     r.get("time_s", ""),
                     r["folder"],
+                    r.get("reason", ""),
                 ]
             )
 
@@ -178,8 +186,8 @@ def _plot(path: Path, rows, keys, metric: str) -> None:
         if numeric:
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
-        else:
-            ax.plot([str(p[0]) for p in points], [p[1] for p in points], "o-", label=label)
+        else:  # categories (sgd, adam, ...): points, no line joining unrelated settings
+            ax.plot([str(p[0]) for p in points], [p[1] for p in points], "o", label=label)
     xs = [x for g in groups.values() for x, _ in g]
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
         ax.set_xscale("log")
@@ -195,10 +203,15 @@ def _plot(path: Path, rows, keys, metric: str) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, write its summary.csv and plot into the sweep folder."""
+    """Hydra callback: when a multirun ends, write its summary.csv and plot into the sweep
+    folder, and note how many jobs failed (`dlexp train -m` exits non-zero if any did)."""
+
+    failed: tuple[int, int] = (0, 0)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         try:
-            report(Path(config.hydra.sweep.dir), config.get("objective") or None)
+            rows = report(Path(config.hydra.sweep.dir), config.get("objective") or None)
         except DlexpError as err:
             print(f"dlexp: no sweep summary: {err}")
+            return
+        SweepSummary.failed = (sum(r["status"] == "failed" for r in rows), len(rows))

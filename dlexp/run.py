@@ -413,13 +413,18 @@ def _prepare(run: Run, hc) -> None:
         {"id": run.id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command},
     )
     run.made.append(run.dir / "run.json")
-    if hc is not None:  # what Hydra itself writes when output_subdir is set
-        out = run.dir / ".hydra"
-        out.mkdir(exist_ok=True)
-        run.made.append(out)
-        OmegaConf.save(run.cfg, out / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
-        OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+    if hc is not None:
+        run.made.append(_hydra_record(run.dir, run.cfg, hc))
+
+
+def _hydra_record(run_dir: Path, cfg: DictConfig, hc) -> Path:
+    """What Hydra itself writes into .hydra/ when output_subdir is set."""
+    out = run_dir / ".hydra"
+    out.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
+    OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+    return out
 
 
 def _remove(made: list[Path]) -> None:
@@ -600,6 +605,20 @@ def _composition_error(text: str, args: list[str], config_path: str) -> str:
             "dlexp: error: the disk is full: Hydra could not create the run folder or its "
             "files. Free some space, or put runs on another disk (DLEXP_OUTPUTS=<folder>).\n"
         )
+    plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", text)
+    extras = {
+        "optuna": "optuna",
+        "joblib": "joblib",
+        "submitit_slurm": "slurm",
+        "submitit_local": "slurm",
+    }
+    if plugin and plugin.group(2) in extras:
+        extra = extras[plugin.group(2)]
+        return (
+            f"dlexp: error: hydra/{plugin.group(1)}={plugin.group(2)} needs Hydra's "
+            f"{plugin.group(2)} plugin, which dlexp installs as an extra: "
+            f"pip install 'dlexp[{extra}]' (or, in a clone: pip install -e '.[{extra}]').\n"
+        )
     parse = re.search(
         r"(?:Error parsing override '(.*?)'|LexerNoViableAltException: (.*?))\n", text
     )
@@ -651,17 +670,22 @@ def hydra_job(cfg: DictConfig) -> float:
         raise SystemExit(stop.exit_code) from None
     except Exception as exc:
         err = user_error(exc)
-        if err is None:
-            raise
         hc = HydraConfig.get()
         if _in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
-            print(f"dlexp: job failed: {err}", file=sys.stderr)
-            result = Path(hc.runtime.output_dir) / "metrics.json"
-            if result.parent.is_dir() and not result.exists():
+            reason = str(err) if err else f"{type(exc).__name__}: {exc}"
+            if err is None:  # a crash: its traceback goes to the job's log
+                log.exception(f"job {hc.job.num} crashed")
+            print(f"dlexp: job {hc.job.num} failed: {reason}", file=sys.stderr)
+            folder = Path(hc.runtime.output_dir)
+            if folder.is_dir() and status_of(folder) in (None, "unfinished"):
                 from dlexp.checkpoint import save_json
 
-                save_json(result, {"status": "failed", "message": str(err)})
+                if not (folder / ".hydra").is_dir():  # refused before it was recorded
+                    _hydra_record(folder, cfg, hc)
+                save_json(folder / "metrics.json", {"status": "failed", "message": reason})
             return float("nan")  # a failed trial, for sweepers that optimise
+        if err is None:
+            raise
         print(f"dlexp: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
@@ -676,9 +700,20 @@ def hydra_train(args: list[str], config_path: str) -> None:
     check_output_root(args)
     args = resume_sweep_args(args)
     sys.argv = ["dlexp train", *args]
+    from dlexp.report import SweepSummary
+
     _HeldStderr.start()
+    SweepSummary.failed = (0, 0)
     try:
         hydra.main(version_base="1.3", config_path=config_path, config_name="train")(hydra_job)()
+        failed, total = SweepSummary.failed
+        if failed:
+            sys.stderr.write(_HeldStderr.release())
+            print(
+                f"dlexp: {failed} of {total} sweep jobs failed; summary.csv names them and why.",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
     except SystemExit as exit_:
         held = _HeldStderr.release()
         if exit_.code == 1 and held:  # the config did not compose

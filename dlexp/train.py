@@ -182,6 +182,7 @@ def _fit(run: Run) -> dict[str, Any]:
             cfg.data.eval_batch_size,
             hparams_of(cfg, run_dir),
             resume,
+            cfg.get("objective"),
         )
     except (Diverged, Interrupted) as err:
         status = "diverged" if isinstance(err, Diverged) else "interrupted"

@@ -32,6 +32,7 @@ from dlexp.data import Data, Split
 from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
+from dlexp.tasks.base import higher_is_better
 
 log = logging.getLogger("dlexp")
 
@@ -211,7 +212,10 @@ class Trainer:
         eval_batch_size: int,
         hparams: dict[str, Any],
         resume: dict[str, Any] | None = None,
+        objective: str | None = None,
     ) -> dict[str, Any]:
+        """Train; `objective` (a val/ or train/ metric) picks best.pt and early stopping,
+        by default the task's validation metric."""
         cfg = self.cfg
         self.prepare(model)
         self.task, self.model, self.data = task, model, data
@@ -233,8 +237,10 @@ class Trainer:
             step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
         steps_per_epoch = self.steps_per_epoch(len(data.train), batch_size)
         stop = cfg.early_stopping
-        sign = 1 if task.mode == "max" else -1
         self.monitor = f"val/{task.monitor}" if len(data.val) else f"train/{task.monitor}"
+        if objective and objective.startswith(("val/", "train/")):
+            self.monitor = objective  # the sweep's objective picks best.pt too
+        sign = 1 if higher_is_better(self.monitor) else -1
 
         self.loop = LoopState(best=-math.inf * sign)
         self.history: list[dict[str, Any]] = []
@@ -287,6 +293,11 @@ class Trainer:
 
                 # The validation metric picks best.pt (the training one when there is no val).
                 key = self.monitor
+                if key not in metrics:
+                    known = ", ".join(k for k in metrics if k.startswith(("train/", "val/")))
+                    raise DlexpError(
+                        f"objective={key!r} is not a metric of this run; its metrics are {known}."
+                    )
                 improved = sign * (metrics[key] - loop.best) > stop.min_delta
                 loop.epoch, loop.batch, loop.sums, loop.seen = epoch, 0, {}, 0
                 loop.best = metrics[key] if improved else loop.best

@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import dlexp, make_cfg, read_hparams
+from conftest import cli, dlexp, make_cfg, read_hparams
 from dlexp.cli import config_dir, main
 from dlexp.data import load_data
 from dlexp.train import train
@@ -122,7 +122,7 @@ def test_four_job_sweep_report_csv_plot_and_hparams(env):
         line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("*")
     )
     assert f"{accs[0]:.4f}" in best_line
-    png = sweep / "test_acc.png"
+    png = sweep / "summary.png"
     width, height = Image.open(png).size
     assert width >= 400 and height >= 300  # a real plot, not an empty file
 
@@ -178,8 +178,11 @@ def test_optuna_search_optimises_the_objective(env):
     sweep = only_sweep(env)
     assert len(jobs(sweep)) == 4
     vals = [json.loads((j / "metrics.json").read_text())["val/acc"] for j in jobs(sweep)]
-    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
-    assert best == pytest.approx(max(vals))
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(vals))
+    # The summary's first (starred) row is a job with Optuna's best value, by the same metric.
+    first = next(csv.DictReader((sweep / "summary.csv").open()))
+    assert float(first["val/acc"]) == pytest.approx(results["best_value"])
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(env):
@@ -206,3 +209,38 @@ def test_slurm_example_launcher_composes(env):
     assert (
         launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 120
     )
+
+
+def test_failed_jobs_are_reported_and_the_sweep_says_how_many(env, capsys):
+    # (label_smoothing 2.0 crashes inside torch; lr -1 is refused by validation)
+    code, _, err = cli(
+        capsys,
+        "train",
+        "-m",
+        "trainer.epochs=1",
+        "loss=cross_entropy",
+        "loss.label_smoothing=0.0,2.0",
+        "optimizer.lr=0.01,-1",
+    )
+    assert code == 1 and "3 of 4 sweep jobs failed" in err
+    sweep = only_sweep(env)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    by_job = {r["job"].split("_")[0]: r for r in rows}
+    assert by_job["0"]["status"] == "completed"
+    for job in ("1", "3"):
+        assert by_job[job]["status"] == "failed" and "optimizer.lr=-1" in by_job[job]["reason"]
+    assert by_job["2"]["status"] == "failed" and "label_smoothing" in by_job["2"]["reason"]
+    assert Image.open(sweep / "summary.png").size[0] >= 400
+
+
+def test_one_objective_for_the_sweeper_the_summary_the_report_and_best_pt(env, capsys):
+    main(["train", "-m", "optimizer.lr=0.1,0.001,0.0001", "trainer.epochs=3"])
+    sweep = only_sweep(env)
+    metrics = [json.loads((j / "metrics.json").read_text()) for j in jobs(sweep)]
+    assert {m["monitor"] for m in metrics} == {"val/acc"}
+    assert cli(capsys, "report", str(sweep))[0] == 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert float(rows[0]["val/acc"]) == max(m["val/acc"] for m in metrics)  # starred = first
+    for job, m in zip(jobs(sweep), metrics, strict=True):  # best.pt: the best val/acc epoch
+        best = torch.load(job / "checkpoints" / "best.pt", weights_only=True)
+        assert best["history"][-1]["val/acc"] == max(h["val/acc"] for h in m["history"])

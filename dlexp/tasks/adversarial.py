@@ -42,7 +42,7 @@ class Adversarial(Task):
         self._gen: torch.Generator | None = None
         self.quality_from = quality_from
         self.classifier: nn.Module | None = None
-        self.monitor, self.mode = ("quality", "max") if quality_from else ("g_loss", "min")
+        self.monitor = "quality" if quality_from else "g_loss"
 
     def parameter_groups(self, model) -> dict[str, list]:
         return {

@@ -15,13 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a metric (e.g. val/acc, val/loss) is the better one."""
+    return not metric.endswith(("loss", "mse", "error"))
+
+
 # step(optimizer key, compute) -> the loss that compute returned (detached)
 Step = Callable[[str, Callable[[], torch.Tensor]], torch.Tensor]
 
 
 class Task:
-    monitor: str = "loss"  # the validation metric that picks best.pt ...
-    mode: str = "min"  # ... and whether higher ("max") or lower ("min") is better
+    monitor: str = "loss"  # the validation metric that picks best.pt (see higher_is_better)
     num_outputs: int | None = None  # what the model's output layer must produce
     # The default step runs the model's forward, which DistributedDataParallel synchronises;
     # a task that calls parts of its model (a GAN's generator, discriminator) is not ready.

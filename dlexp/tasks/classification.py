@@ -12,7 +12,7 @@ from dlexp.tasks.base import Task
 
 
 class Classification(Task):
-    monitor, mode = "acc", "max"
+    monitor = "acc"
 
     def __init__(self, meta: DataMeta, loss: nn.Module | None = None):
         if meta.num_classes < 2:

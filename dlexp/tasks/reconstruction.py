@@ -12,7 +12,7 @@ from dlexp.tasks.base import Task
 
 
 class Reconstruction(Task):
-    monitor, mode = "loss", "min"
+    monitor = "loss"
 
     def __init__(
         self,

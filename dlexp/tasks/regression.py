@@ -9,7 +9,7 @@ from dlexp.tasks.base import Task
 
 
 class Regression(Task):
-    monitor, mode = "loss", "min"
+    monitor = "loss"
     num_outputs = 1
 
     def __init__(self, meta=None, loss: nn.Module | None = None):

@@ -1,0 +1,125 @@
+"""The course's tiny-model grids: the course's own loop against `dlexp train -m`.
+
+    python benchmarks/sweep_speed.py [--repeats 3] [--grid qwerties|iris|both]
+
+(a) the course's loop: one model after another in one process, as the notebook writes it
+    (DUDL_ANN_learningrates: 2-1-1 net, BCE-with-logits, SGD, 1,000 full-batch epochs for each
+    of 40 learning rates; for Iris: 4-64-64-3, cross-entropy, SGD, 8 rates x 5 seeds, 200
+    full-batch epochs). Timed from the first model to the last (imports excluded).
+(b) dlexp's basic launcher: the whole `dlexp train -m ...` command, start-up, run folders,
+    TensorBoard, checkpoints and the sweep summary included.
+Prints wall time, time per job and the ratio to (a), medians of --repeats runs.
+(c), the batched launcher, is not built yet (see the sweep-speed issue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+QWERTY_LRS = np.linspace(0.001, 0.1, 40)
+IRIS_LRS = np.linspace(0.001, 0.1, 8)
+IRIS_SEEDS = range(5)
+
+COURSE = """
+import sys, time, numpy as np, torch
+from torch import nn
+grid = sys.argv[1]
+torch.manual_seed(0)
+if grid == "qwerties":
+    n = 100
+    a = [1 + np.random.randn(n), 1 + np.random.randn(n)]
+    b = [5 + np.random.randn(n), 1 + np.random.randn(n)]
+    data = torch.tensor(np.hstack((a, b)).T).float()
+    labels = torch.tensor(np.vstack((np.zeros((n, 1)), np.ones((n, 1))))).float()
+    jobs = [(lr, 0) for lr in np.linspace(0.001, 0.1, 40)]
+    make = lambda: nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1))
+    lossfun, epochs = nn.BCEWithLogitsLoss(), 1000
+else:
+    from sklearn.datasets import load_iris
+    iris = load_iris()
+    data = torch.tensor(iris.data).float()
+    labels = torch.tensor(iris.target).long()
+    jobs = [(lr, s) for s in range(5) for lr in np.linspace(0.001, 0.1, 8)]
+    make = lambda: nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                 nn.Linear(64, 3))
+    lossfun, epochs = nn.CrossEntropyLoss(), 200
+start = time.perf_counter()
+for lr, seed in jobs:
+    torch.manual_seed(seed)
+    model = make()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = torch.zeros(epochs)
+    for epoch in range(epochs):
+        loss = lossfun(model(data), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses[epoch] = loss.item()
+    predictions = model(data)
+print(time.perf_counter() - start)
+"""
+
+
+def course(grid: str) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", COURSE, grid], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def dlexp_basic(grid: str) -> float:
+    if grid == "qwerties":
+        args = [
+            "experiment=ann_lr_sweep",
+            "trainer.epochs=1000",
+            "optimizer.lr=" + ",".join(f"{lr:.6g}" for lr in QWERTY_LRS),
+        ]
+    else:
+        args = [
+            "experiment=optimizers_lrs",
+            "optimizer=sgd",
+            "data.batch_size=150",
+            "trainer.epochs=200",
+            "optimizer.lr=" + ",".join(f"{lr:.6g}" for lr in IRIS_LRS),
+            "seed=" + ",".join(str(s) for s in IRIS_SEEDS),
+        ]
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "DLEXP_OUTPUTS": out}
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "dlexp", "train", "-m", *args, "trainer.progress=none"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--grid", choices=["qwerties", "iris", "both"], default="both")
+    opts = parser.parse_args()
+    grids = ["qwerties", "iris"] if opts.grid == "both" else [opts.grid]
+    print("| grid | contender | wall s | s per job | vs (a) |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for grid in grids:
+        jobs = 40
+        a = statistics.median(course(grid) for _ in range(opts.repeats))
+        b = statistics.median(dlexp_basic(grid) for _ in range(opts.repeats))
+        for name, seconds in (("(a) course loop", a), ("(b) dlexp basic launcher", b)):
+            print(
+                f"| {grid} | {name} | {seconds:.2f} | {seconds / jobs:.3f} | {seconds / a:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
