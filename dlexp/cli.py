@@ -295,6 +295,18 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"dlexp {__version__}")
         return
+    if argv[0] in ("-sc", "--shell-completion"):  # the completion script asking for words
+        words = os.environ.get("COMP_LINE", "").split()
+        if len(words) > 1 and words[1] == "train":
+            argv = ["train", *argv]
+        elif (len(words) <= 2 and not os.environ.get("COMP_LINE", "").endswith(" ")) or len(
+            words
+        ) == 1:
+            typed = words[1] if len(words) == 2 else ""
+            print(" ".join(c for c in COMMANDS if c.startswith(typed)))
+            return
+        else:
+            return  # the other commands take key=value words of their own
     command = COMMANDS.get(argv[0])
     if command is None:
         fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see dlexp --help).")

@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -598,8 +599,6 @@ class Composed(Callback):
 
 def _composition_error(text: str, args: list[str], config_path: str) -> str:
     """Hydra's message for a failed composition, or dlexp's for a key that does not exist."""
-    import re
-
     if "No space left on device" in text:
         return (
             "dlexp: error: the disk is full: Hydra could not create the run folder or its "
@@ -697,9 +696,15 @@ def hydra_train(args: list[str], config_path: str) -> None:
     is `hydra_job(cfg)`. A failing sweep job is recorded and the sweep goes on."""
     import hydra
 
-    check_output_root(args)
-    args = resume_sweep_args(args)
-    sys.argv = ["dlexp train", *args]
+    completing = "-sc" in args or "--shell-completion" in args
+    if completing:  # Hydra completes overrides after the program's name: drop `train`
+        line = os.environ.get("COMP_LINE", "")
+        os.environ["COMP_LINE"] = re.sub(r"^(\S+)\s+train\b", r"\1", line)
+    else:
+        check_output_root(args)
+        args = resume_sweep_args(args)
+    # The installed completion script runs `<program> -sc query=...`: name it `dlexp`.
+    sys.argv = ["dlexp" if completing else "dlexp train", *args]
     from dlexp.report import SweepSummary
 
     _HeldStderr.start()

@@ -40,7 +40,7 @@ def refused(capsys, *args: str) -> str:
         ("trainer.log_every_steps=0", "a whole number >= 1"),
         ("trainer.devices=0", "a whole number >= 1"),
         ("trainer.checkpoint_every_minutes=-1", "a positive number of minutes"),
-        ("trainer.precision=fp8", "auto, fp32, bf16 or fp16"),
+        ("trainer.precision=fp8", "auto, fast, fp32, bf16 or fp16"),
         ("trainer.compile=maybe", "true or false"),
         ("data.subset=0", "a whole number of samples >= 1"),
         ("data.subset=-5", "a whole number of samples >= 1"),

@@ -191,3 +191,35 @@ def test_non_editable_install_runs_from_anywhere(tmp_path):
         text=True,
     )
     assert where.stdout.strip().startswith(str(site))
+
+
+def complete(line: str, env: dict) -> list[str]:
+    """What bash offers after `eval "$(dlexp train -sc install=bash)"` for `line` + Tab."""
+    script = (
+        'eval "$(dlexp train -sc install=bash)"; '
+        f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; read -ra COMP_WORDS <<< "$COMP_LINE"; '
+        '[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=(""); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); '
+        'hydra_bash_completion; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    out = subprocess.run(
+        ["bash", "-c", script],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_shell_completion_in_a_real_bash(env):
+    assert {"model=cnn", "model=ann", "model=transfer"} <= set(complete("dlexp train model=", env))
+    assert complete("dlexp train trainer.ep", env) == ["trainer.epochs="]
+    assert complete("dlexp ev", env) == ["eval"]
+
+
+def test_shell_completion_queries_in_process(env, capsys, monkeypatch):
+    monkeypatch.setenv("COMP_LINE", "dlexp train optimizer=")
+    code, out, _ = cli(capsys, "-sc", "query=bash")
+    assert code == 0 and {"optimizer=adam", "optimizer=sgd"} <= set(out.split())

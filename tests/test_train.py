@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import make_cfg, read_hparams, read_scalars, read_tags
 from dlexp.checkpoint import load_checkpoint
@@ -43,9 +44,23 @@ def test_cnn_learns_generated_mnist_and_logs_confusion_matrix(env, tmp_path):
     metrics = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=3"), run_dir=tmp_path)
     assert metrics["test/acc"] > 0.5  # chance is 0.1
     assert "test/confusion_matrix" in read_tags(tmp_path)["images"]
+    assert Image.open(tmp_path / "confusion_matrix.png").size == (700, 700)  # 10 classes
     hparams, metric_tags = read_hparams(tmp_path)
     assert hparams["optimizer.lr"] == pytest.approx(0.001) and hparams["trainer.epochs"] == 3
     assert "test/acc" in metric_tags and "val/loss" in metric_tags
+
+
+def test_confusion_matrix_has_axis_titles_and_whole_class_names():
+    from dlexp.tasks.classification import confusion_figure
+
+    names = ["T-shirt/top", "Trouser", "Ankle boot"]
+    ax = confusion_figure(torch.tensor([[5, 1, 0], [0, 6, 0], [2, 0, 4]]), names).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        ["5", "1", "0", "0", "6", "0", "2", "0", "4"]
+    )
 
 
 def test_iris_default_reaches_95_percent(env, tmp_path):
