@@ -215,11 +215,19 @@ def complete(line: str, env: dict) -> list[str]:
 
 def test_shell_completion_in_a_real_bash(env):
     assert {"model=cnn", "model=ann", "model=transfer"} <= set(complete("dlexp train model=", env))
-    assert complete("dlexp train trainer.ep", env) == ["trainer.epochs="]
-    assert complete("dlexp ev", env) == ["eval"]
 
 
-def test_shell_completion_queries_in_process(env, capsys, monkeypatch):
-    monkeypatch.setenv("COMP_LINE", "dlexp train optimizer=")
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("dlexp train optimizer=", {"optimizer=adam", "optimizer=sgd", "optimizer=rmsprop"}),
+        ("dlexp train trainer.ep", {"trainer.epochs="}),
+        ("dlexp ev", {"eval"}),
+        ("dlexp ", {"train", "eval", "data", "report", "sample", "stylize", "weights"}),
+    ],
+)
+def test_shell_completion_queries(line, expected, env, capsys, monkeypatch):
+    """What the installed script asks (`dlexp -sc query=bash` with COMP_LINE set)."""
+    monkeypatch.setenv("COMP_LINE", line)
     code, out, _ = cli(capsys, "-sc", "query=bash")
-    assert code == 0 and {"optimizer=adam", "optimizer=sgd"} <= set(out.split())
+    assert code == 0 and expected <= set(out.split())

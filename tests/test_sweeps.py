@@ -22,7 +22,10 @@ STARTS_FROM = {
     "transfer_mnist_to_fashion": ["experiment=mnist_cnn"],
     "transfer_letters_to_digits": ["experiment=emnist_cnn"],
 }
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+EXPERIMENTS = [
+    pytest.param(name, marks=pytest.mark.slow) if name == "stl10_vgg16" else name  # 5 s of VGG
+    for name in sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+]
 
 
 def sweep_params(name: str) -> dict[str, str]:
@@ -46,7 +49,7 @@ def jobs(sweep: Path) -> list[Path]:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs(name, env, tmp_path):
     params = sweep_params(name)
-    quick = ["trainer.epochs=1", "trainer.progress=none"]
+    quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.progress=none"]
     if name in STARTS_FROM:  # these continue another run: make that one first
         train(make_cfg(*STARTS_FROM[name], *quick), run_dir=tmp_path / "source")
         quick.append(f"model.init_from={tmp_path / 'source'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,9 +48,15 @@ class Classification(Task):
         n = self.num_classes
         pairs = data.test.y.cpu() * n + self.predict(outputs).cpu()
         cm = torch.bincount(pairs, minlength=n * n).view(n, n)
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
         fig = confusion_figure(cm, self.class_names)
-        fig.savefig(run_dir / "confusion_matrix.png")
-        writer.add_figure("test/confusion_matrix", fig, step)  # closes the figure
+        fig.canvas.draw()  # rendered once, for the PNG and for TensorBoard
+        image = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+        plt.close(fig)
+        Image.fromarray(image).save(run_dir / "confusion_matrix.png")
+        writer.add_image("test/confusion_matrix", image, step, dataformats="HWC")
 
 
 def confusion_figure(cm: torch.Tensor, names: list[str]):
