@@ -17,7 +17,7 @@ from dlexp.data import load_data
 from dlexp.distributed import NullWriter, launch, setup
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
-from dlexp.run import Run, open_run
+from dlexp.run import Run, load_run, open_run
 from dlexp.tasks import build_task
 from dlexp.trainer import Diverged, Interrupted, Trainer, pick_device, write_metrics
 
@@ -97,8 +97,12 @@ def build(cfg: DictConfig, device: torch.device):
     """Data (on the device), task and model for a config; shared by train and eval."""
     data = load_data(cfg.data, cfg.seed).to(device)
     task = build_task(cfg.task, data.meta, cfg.get("loss"))
+    start_from = None
+    if cfg.model.get("init_from"):  # another run's model, rebuilt and checked like any run
+        source = load_run(cfg.model.init_from)
+        start_from = (source.path, source.model.state_dict())
     torch.manual_seed(cfg.seed)  # the same initial weights whatever the data loading did
-    model = build_model(cfg.model, data.meta, task.num_outputs)
+    model = build_model(cfg.model, data.meta, task.num_outputs, start_from)
     return data, task, model
 
 

@@ -9,11 +9,9 @@ from PIL import Image
 from conftest import make_cfg, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
-from dlexp.data import load_data
-from dlexp.models import build_model
 from dlexp.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 from dlexp.tasks.reconstruction import Reconstruction
-from dlexp.train import train
+from dlexp.train import build, train
 
 
 @pytest.mark.parametrize(
@@ -92,8 +90,7 @@ def test_classifier_starts_from_the_encoder_and_frozen_layers_stay(env, tmp_path
     assert set(encoder) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"}
 
     cfg = make_cfg("experiment=ae_pretrain_classify", f"model.init_from={ae_run}")
-    data = load_data(cfg.data, cfg.seed)
-    start = build_model(cfg.model, data.meta, 10).state_dict()
+    start = build(cfg, torch.device("cpu"))[2].state_dict()
     assert all(torch.equal(start[k], v) for k, v in encoder.items())  # exact copies
 
     frozen = tmp_path / "frozen"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from fnmatch import fnmatch
+from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlexp.checkpoint import find_checkpoint, load_checkpoint
 from dlexp.data import DataMeta
 from dlexp.errors import DlexpError
 
@@ -22,21 +23,27 @@ log = logging.getLogger("dlexp")
 NOT_ARGUMENTS = ("init_from", "freeze", "trainable")
 
 
-def build_model(cfg: DictConfig, meta: DataMeta, num_outputs: int | None) -> nn.Module:
-    """Instantiate the `model` config for this data's input shape and `num_outputs` outputs."""
+def build_model(
+    cfg: DictConfig,
+    meta: DataMeta,
+    num_outputs: int | None,
+    start_from: tuple[Path, dict[str, torch.Tensor]] | None = None,
+) -> nn.Module:
+    """Instantiate the `model` config for this data's input shape and `num_outputs` outputs;
+    `start_from` is (checkpoint, its model's weights) for `model.init_from` (see load_run)."""
     node = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_ARGUMENTS])
     model = instantiate(node, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
-    if cfg.get("init_from"):
-        copy_matching(model, cfg.init_from)
+    if start_from is not None:
+        copy_matching(model, cfg.init_from, *start_from)
     if cfg.get("freeze") or cfg.get("trainable"):
         freeze(model, list(cfg.get("freeze") or []), cfg.get("trainable"))
     return model
 
 
-def copy_matching(model: nn.Module, source: str) -> None:
+def copy_matching(
+    model: nn.Module, source: str, path: Path, theirs: dict[str, torch.Tensor]
+) -> None:
     """Copy every tensor of `source`'s model whose name and shape match; say what was not."""
-    path = find_checkpoint(source, "last")
-    theirs = load_checkpoint(path)["model"]
     ours = model.state_dict()
     copied, skipped = [], []
     for name, value in theirs.items():
