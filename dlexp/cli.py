@@ -96,7 +96,7 @@ def parse_pairs(
 
 
 def cmd_train(args: list[str]) -> None:
-    from dlexp.run import hydra_train
+    from dlexp.hydra_app import hydra_train
 
     with user_errors():
         hydra_train(args, str(config_dir()))

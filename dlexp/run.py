@@ -4,7 +4,7 @@ This module owns: the run folder's name (`run_name`, for single runs, resumed ru
 torchrun), claiming the folder (`claim`: a lock naming the process; another run's folder is
 never overwritten), what the folder already holds (a finished run, an unfinished one to
 continue, a finished sweep job to skip), resuming (`trainer.resume`), the sweep objective,
-`load_run` for every command that starts from a finished run, and the Hydra entry point.
+`load_run` for every command that starts from a finished run, and the sweep objective. `dlexp.hydra_app` is the command line around it.
 
 `open_run` ties these together for `train(cfg)`: it yields a `Run` that says where to write,
 which config to train and which checkpoint to continue from, and it releases the folder (and
@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import difflib
 import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -249,7 +246,6 @@ class Run:
     id: str
     resume: dict[str, Any] | None = None  # the checkpoint to continue from
     done: dict[str, Any] | None = None  # set when there is nothing to train (metrics to return)
-    launched: bool = False  # a process of a multi-process run started by dlexp's launcher
     made: list[Path] = field(default_factory=list)  # what this run created (removed if refused)
     started: bool = False  # training began: from here on the folder is kept whatever happens
     notes: list[str] = field(default_factory=list)  # what was decided, for the run's log
@@ -292,6 +288,19 @@ def _in_sweep(hc) -> bool:
     return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
+def _added_keys_check(cfg: DictConfig, overrides: list[str]) -> None:
+    """`+trainer.epoch=3` composes, but no code would read it: refuse it, naming the real key."""
+    added = [o for o in overrides if o.startswith("+")]
+    if not added:
+        return
+    from hydra import compose
+
+    from dlexp.checks import check_known_keys
+
+    reference = compose("train", overrides=[o for o in overrides if not o.startswith("+")])
+    check_known_keys(cfg, reference, ("trainer", "data", "task", "device", "sweep"))
+
+
 @contextlib.contextmanager
 def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
     """Decide, claim and prepare the run folder for `cfg`; release it when the run ends."""
@@ -323,7 +332,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
             made.append(run_dir)
         fd = claim(run_dir) if rank == 0 and not launched else None
         _check_space(run_dir)
-        run = Run(run_dir, cfg, run_id_of(run_dir) or uuid.uuid4().hex, resume, launched=launched)
+        run = Run(run_dir, cfg, run_id_of(run_dir) or uuid.uuid4().hex, resume)
         run.made = made
         if not launched:
             _decide(run, resume_path, hc, overrides)
@@ -502,230 +511,3 @@ def load_run(run: str | Path, which: str = "last") -> LoadedRun:
             f"{path} does not match the model its config describes: {str(err).splitlines()[0]}"
         ) from err
     return LoadedRun(path, cfg, meta, model, state)
-
-
-# --------------------------------------------------------------- command line
-def check_output_root(args: list[str]) -> None:
-    """Refuse an output folder that cannot be written before Hydra tries to create runs in it."""
-    root = os.environ.get("DLEXP_OUTPUTS", "outputs")
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key in ("out_root", "hydra.run.dir", "hydra.sweep.dir"):
-            root = value
-    path = Path(root).expanduser()
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise DlexpError(
-            f"cannot write runs under {path}: {existing} is not a writable folder. Point "
-            "DLEXP_OUTPUTS (or out_root=) at a folder you can write to."
-        )
-
-
-def resume_sweep_args(args: list[str]) -> list[str]:
-    """`-m ... sweep.resume=true`: reuse the latest sweep folder made by the same command."""
-    if "sweep.resume=true" not in args or not ({"-m", "--multirun"} & set(args)):
-        return args
-    import yaml
-
-    wanted = sorted(a for a in args if not a.startswith("-") and a != "sweep.resume=true")
-    root = Path(os.environ.get("DLEXP_OUTPUTS", "outputs")) / "sweeps"
-    for sweep in sorted(root.glob("*"), reverse=True):
-        multirun = sweep / "multirun.yaml"
-        if multirun.is_file():
-            task = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
-            if sorted(a for a in task if a != "sweep.resume=true") == wanted:
-                print(f"dlexp: resuming the sweep in {sweep}")
-                return [*args, f"hydra.sweep.dir={sweep}"]
-    print("dlexp: no earlier sweep with these overrides; starting a new one")
-    return args
-
-
-def _added_keys_check(cfg: DictConfig, overrides: list[str]) -> None:
-    """`+trainer.epoch=3` composes, but no code would read it: refuse it, naming the real key."""
-    added = [o for o in overrides if o.startswith("+")]
-    if not added:
-        return
-    from hydra import compose
-
-    from dlexp.checks import check_known_keys
-
-    reference = compose("train", overrides=[o for o in overrides if not o.startswith("+")])
-    check_known_keys(cfg, reference, ("trainer", "data", "task", "device", "sweep"))
-
-
-class _HeldStderr:
-    """Hydra prints a failed composition to stderr and exits 1. dlexp holds stderr back until
-    the config is composed (Hydra's on_run_start / on_multirun_start callbacks release it), so
-    that a mistyped key becomes one dlexp paragraph naming the real key instead."""
-
-    real: ClassVar[Any] = None
-    held: ClassVar[list[str]] = []
-
-    def write(self, text: str) -> int:
-        self.held.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    @classmethod
-    def start(cls) -> None:
-        cls.real, cls.held = sys.stderr, []
-        sys.stderr = cls()
-
-    @classmethod
-    def release(cls) -> str:
-        if cls.real is not None:
-            sys.stderr, cls.real = cls.real, None
-        text, cls.held = "".join(cls.held), []
-        return text
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
-
-
-class Composed(Callback):
-    """Hydra callback: the config is composed, so stderr goes back to the terminal."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sys.stderr.write(_HeldStderr.release())
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sys.stderr.write(_HeldStderr.release())
-
-
-def _composition_error(text: str, args: list[str], config_path: str) -> str:
-    """Hydra's message for a failed composition, or dlexp's for a key that does not exist."""
-    if "No space left on device" in text:
-        return (
-            "dlexp: error: the disk is full: Hydra could not create the run folder or its "
-            "files. Free some space, or put runs on another disk (DLEXP_OUTPUTS=<folder>).\n"
-        )
-    plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", text)
-    extras = {
-        "optuna": "optuna",
-        "joblib": "joblib",
-        "submitit_slurm": "slurm",
-        "submitit_local": "slurm",
-    }
-    if plugin and plugin.group(2) in extras:
-        extra = extras[plugin.group(2)]
-        return (
-            f"dlexp: error: hydra/{plugin.group(1)}={plugin.group(2)} needs Hydra's "
-            f"{plugin.group(2)} plugin, which dlexp installs as an extra: "
-            f"pip install 'dlexp[{extra}]' (or, in a clone: pip install -e '.[{extra}]').\n"
-        )
-    parse = re.search(
-        r"(?:Error parsing override '(.*?)'|LexerNoViableAltException: (.*?))\n", text
-    )
-    override = parse and (parse.group(1) or parse.group(2))
-    if override and "=" in override:
-        key, _, value = override.partition("=")
-        return (
-            f"dlexp: error: Hydra could not read the override {override!r}: a value with "
-            "spaces or characters other than letters, digits and /._-~: must be quoted for "
-            f"Hydra, inside the shell's quotes: {shell_override(key, value.strip(chr(39)))}\n"
-        )
-    found = re.search(r"Could not override '([\w.]+)'", text)
-    if not found or "not in struct" not in text:
-        return text
-    key = found.group(1)
-    from hydra import compose, initialize_config_dir
-
-    from dlexp.checks import _leaves
-
-    kept = [a for a in args if not a.startswith("-") and a.partition("=")[0] != key]
-    try:
-        with initialize_config_dir(config_dir=config_path, version_base="1.3"):
-            known = _leaves(compose("train", overrides=kept))
-    except Exception:
-        return text
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}? " if close else ""
-    value = next(a.partition("=")[2] for a in args if a.partition("=")[0] == key)
-    return (
-        f"dlexp: error: {key}={value} does not name a setting of this config; {hint}"
-        "`dlexp train --cfg job` lists every key of this config.\n"
-    )
-
-
-def hydra_job(cfg: DictConfig) -> float:
-    """One `dlexp train` job as Hydra runs it (a module-level function, so that launchers
-    that ship jobs to other processes can pickle it): `train(cfg)`, then its objective."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from dlexp.errors import user_error
-    from dlexp.train import train
-    from dlexp.trainer import Interrupted
-
-    job = _IN_HYDRA_JOB.set(True)
-    try:
-        return objective(cfg, train(cfg))
-    except Interrupted as stop:
-        print(f"dlexp: {stop}", file=sys.stderr)
-        raise SystemExit(stop.exit_code) from None
-    except Exception as exc:
-        err = user_error(exc)
-        hc = HydraConfig.get()
-        if _in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
-            reason = str(err) if err else f"{type(exc).__name__}: {exc}"
-            if err is None:  # a crash: its traceback goes to the job's log
-                log.exception(f"job {hc.job.num} crashed")
-            print(f"dlexp: job {hc.job.num} failed: {reason}", file=sys.stderr)
-            folder = Path(hc.runtime.output_dir)
-            if folder.is_dir() and status_of(folder) in (None, "unfinished"):
-                from dlexp.checkpoint import save_json
-
-                if not (folder / ".hydra").is_dir():  # refused before it was recorded
-                    _hydra_record(folder, cfg, hc)
-                save_json(folder / "metrics.json", {"status": "failed", "message": reason})
-            return float("nan")  # a failed trial, for sweepers that optimise
-        if err is None:
-            raise
-        print(f"dlexp: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        _IN_HYDRA_JOB.reset(job)
-
-
-def hydra_train(args: list[str], config_path: str) -> None:
-    """`dlexp train <args>`: Hydra composes the config (one run, or a sweep's jobs); each job
-    is `hydra_job(cfg)`. A failing sweep job is recorded and the sweep goes on."""
-    import hydra
-
-    completing = "-sc" in args or "--shell-completion" in args
-    if completing:  # Hydra completes overrides after the program's name: drop `train`
-        line = os.environ.get("COMP_LINE", "")
-        os.environ["COMP_LINE"] = re.sub(r"^(\S+)\s+train\b", r"\1", line)
-    else:
-        check_output_root(args)
-        args = resume_sweep_args(args)
-    # The installed completion script runs `<program> -sc query=...`: name it `dlexp`.
-    sys.argv = ["dlexp" if completing else "dlexp train", *args]
-    from dlexp.report import SweepSummary
-
-    _HeldStderr.start()
-    SweepSummary.failed = (0, 0)
-    try:
-        hydra.main(version_base="1.3", config_path=config_path, config_name="train")(hydra_job)()
-        failed, total = SweepSummary.failed
-        if failed:
-            sys.stderr.write(_HeldStderr.release())
-            print(
-                f"dlexp: {failed} of {total} sweep jobs failed; summary.csv names them and why.",
-                file=sys.stderr,
-            )
-            raise SystemExit(1)
-    except SystemExit as exit_:
-        held = _HeldStderr.release()
-        if exit_.code == 1 and held:  # the config did not compose
-            message = _composition_error(held, args, config_path)
-            sys.stderr.write(message)
-            raise SystemExit(2 if message.startswith("dlexp:") else 1) from None
-        sys.stderr.write(held)
-        raise
-    finally:
-        sys.stderr.write(_HeldStderr.release())
