@@ -56,7 +56,7 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     if not path.is_file():
         raise DlexpError(
             f"no checkpoint at {path}. Give a run folder (one that holds checkpoints/{which}.pt, "
-            "e.g. outputs/runs/<time>_<model>_<data>) or the path of a .pt checkpoint file."
+            "e.g. outputs/runs/<model>_<data>_<time>) or the path of a .pt checkpoint file."
         )
     return path
 

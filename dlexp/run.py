@@ -46,8 +46,9 @@ LAUNCHED = "DLEXP_LAUNCHED_RUN"
 
 # ------------------------------------------------------------------------- names
 def run_name(model: str, data: str) -> str:
-    """`<time>_<model>_<data>`; every process of a torchrun job gets torchrun's run id instead
-    of the time, so that they agree on one folder."""
+    """`<model>_<data>_<time>` (what tells runs apart first: TensorBoard's run list and HParams
+    table cut long names); every process of a torchrun job gets torchrun's run id instead of
+    the time, so that they agree on one folder."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id and run_id != "none":
         stamp = f"torchrun-{run_id}"
@@ -55,7 +56,7 @@ def run_name(model: str, data: str) -> str:
         now = time.time()
         micro = f"{now % 1:.6f}"[2:]  # unique even for runs started in the same second
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now)) + f"-{micro}"
-    return f"{stamp}_{model}_{data}"
+    return f"{model}_{data}_{stamp}"
 
 
 def run_dir_for(out_root: str, model: str, data: str, resume: str | None) -> str:
@@ -79,7 +80,7 @@ def folder_of(checkpoint: Path) -> Path | None:
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
-    """Outside the CLI (tests, notebooks) runs land in <out_root>/runs/<time>_<model>_<data>."""
+    """Outside the CLI (tests, notebooks) runs land in <out_root>/runs/<model>_<data>_<time>."""
     model = cfg.model._target_.rsplit(".", 1)[-1].lower()
     return Path(cfg.out_root) / "runs" / run_name(model, cfg.data.name)
 

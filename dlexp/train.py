@@ -78,16 +78,25 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
 
 
 def hparams_of(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """What the HParams tab compares runs by: the group choices, the overrides, key settings
-    (read from the run's .hydra/ record, which every process of the run can see)."""
+    """What the HParams tab compares runs by: this run's overrides first (typed as the config
+    types them, so "16" is the number 16), then the group choices and key settings (read from
+    the run's .hydra/ record, which every process of the run can see)."""
+    import yaml
+
     out: dict[str, Any] = {}
     record = run_dir / ".hydra" / "hydra.yaml"
     if record.is_file():
         hc = OmegaConf.load(record).hydra
-        out.update({k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")})
+        choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
         for override in hc.overrides.task:
             key, _, value = override.partition("=")
-            out[key.lstrip("+~")] = value
+            key = key.lstrip("+~")
+            if key in choices:
+                out[key] = choices[key]
+            elif not key.startswith("hydra."):
+                typed = OmegaConf.select(cfg, key, default=None)
+                out[key] = typed if typed is not None else yaml.safe_load(value)
+        out.update({k: v for k, v in choices.items() if k not in out})
     for key in ("optimizer.lr", "data.batch_size", "trainer.epochs", "seed"):
         out.setdefault(key, OmegaConf.select(cfg, key))
     return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in out.items()}

@@ -285,6 +285,8 @@ class Trainer:
                     metrics.update({f"test/{k}": v for k, v in test.items()})
                 metrics["lr"] = self.lr if step_scheduler else optimizer.param_groups[0]["lr"]
                 self._log_scalars(metrics)
+                if epoch == 1 or (resume is not None and epoch == loop.epoch + 1):
+                    self._layout(metrics)
                 metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
                 self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
@@ -541,6 +543,18 @@ class Trainer:
 
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
         self.writer.file_writer.add_summary(summary, self.loop.step)
+
+    def _layout(self, metrics: dict[str, float]) -> None:
+        """TensorBoard's Custom Scalars tab: train against validation (and test) per metric, on
+        one chart each, as the course plots them."""
+        charts = {}
+        for key in metrics:
+            name = key.partition("/")[2]
+            if key.startswith("train/") and f"val/{name}" in metrics:
+                tags = [f"{split}/{name}" for split in ("train", "val", "test")]
+                charts[name] = ["Multiline", [t for t in tags if t in metrics]]
+        if charts:
+            self.writer.add_custom_scalars({"train vs validation": charts})
 
     def _write_hparams(self, hparams: dict[str, Any], final: dict[str, Any]) -> None:
         """HParams records in the run's own event file (add_hparams would make a sub-run)."""

@@ -48,7 +48,7 @@ def test_default_train_runs_offline_and_says_where(env, tmp_path):
     assert "final test/loss" in result.stdout and "test/acc" in result.stdout
     (run,) = runs(env)
     assert f"run saved in {run}" in result.stdout
-    assert run.name.endswith("_ann_iris")
+    assert run.name.startswith("ann_iris_")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/acc"] >= 0.9
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
@@ -63,7 +63,7 @@ def test_cli_run_folder_is_named_by_model_and_data_and_records_overrides(env, ca
     )
     assert code == 0, err
     (run,) = runs(env)
-    assert run.name.endswith("_cnn_mnist")
+    assert run.name.startswith("cnn_mnist_")
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
     overrides = (run / ".hydra" / "overrides.yaml").read_text()
     assert "model=cnn" in overrides and "data.batch_size=64" in overrides

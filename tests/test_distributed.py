@@ -33,7 +33,7 @@ def test_an_experiment_with_two_devices_matches_one_process_with_the_global_batc
     code, _, err = cli(capsys, "train", "-cd", str(tmp_path / "configs"), "experiment=two")
     assert code == 0, err
     (two,) = (Path(env["DLEXP_OUTPUTS"]) / "runs").iterdir()
-    assert two.name.endswith("_cnn_mnist")  # named by the experiment's model and data
+    assert two.name.startswith("cnn_mnist_")  # named by the experiment's model and data
     log = (two / "train.log").read_text()
     assert "2 processes x data.batch_size 16 = global batch 32" in log
     one = train(make_cfg(*RUN, "model=cnn", "data.batch_size=32"), run_dir=tmp_path / "one")
@@ -126,4 +126,4 @@ def test_torchrun_by_hand_shares_one_run_folder(env, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     (run,) = (Path(env["DLEXP_OUTPUTS"]) / "runs").iterdir()
-    assert run.name.startswith("torchrun-") and (run / "metrics.json").is_file()
+    assert run.name.startswith("ann_mnist_torchrun-") and (run / "metrics.json").is_file()

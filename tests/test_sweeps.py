@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import cli, dlexp, make_cfg, read_hparams
+from conftest import cli, dlexp, make_cfg, read_hparams, read_tags
 from dlexp.cli import config_dir, main
 from dlexp.data import load_data
 from dlexp.train import train
@@ -32,6 +32,18 @@ def sweep_params(name: str) -> dict[str, str]:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     return dict(cfg.hydra.sweeper.params or {})
+
+
+def hparam_order(run: Path) -> list[str]:
+    """The HParams table's columns, in the order the run declared them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    return [info.name for info in experiment.hparam_infos]
 
 
 def only_sweep(env) -> Path:
@@ -105,11 +117,15 @@ def test_four_job_sweep_report_csv_plot_and_hparams(env):
     assert len(jobs(sweep)) == 4 and (sweep / "multirun.yaml").is_file()
     for job in jobs(sweep):
         hparams, metric_tags = read_hparams(job)
-        assert hparams["optimizer"] in ("sgd", "adam") and hparams["optimizer.lr"] in (
-            "0.1",
-            "0.001",
-        )
+        assert hparams["optimizer"] in ("sgd", "adam")
+        assert hparams["optimizer.lr"] in (0.1, 0.001)  # a number, as the config types it
+        assert hparam_order(job)[:3] == [
+            "optimizer",
+            "optimizer.lr",
+            "trainer.epochs",
+        ]  # swept first
         assert {"val/acc", "test/acc"} <= set(metric_tags)
+        assert "custom_scalars__config__" in read_tags(job)["tensors"]  # train vs val charts
         assert (
             len(list(job.glob("events.out.tfevents.*"))) == 1
         )  # one run per job, no stray sub-runs
