@@ -184,13 +184,16 @@ def test_non_editable_install_runs_from_anywhere(tmp_path):
         [
             str(venv / "bin" / "python"),
             "-c",
-            "from dlexp.cli import config_dir; print(config_dir())",
+            "from dlexp.cli import config_dir; from dlexp.data.tabular import WINE_CSV; "
+            "print(config_dir()); print(WINE_CSV.is_file(), WINE_CSV)",
         ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
-    assert where.stdout.strip().startswith(str(site))
+    configs, wine = where.stdout.strip().splitlines()
+    assert configs.startswith(str(site))
+    assert wine.startswith(f"True {site}")  # the wine CSV ships inside the package
 
 
 def complete(line: str, env: dict) -> list[str]:

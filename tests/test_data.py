@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import fake_data
-from conftest import make_cfg
+from conftest import cli, make_cfg
 from dlexp.data import load_data
 from dlexp.data.core import _split, augment
 from dlexp.data.images import cifar10, emnist, mnist, stl10
 from dlexp.errors import DlexpError
+from dlexp.train import train
 
 
 def test_mnist_reads_idx_files(data_root):
@@ -128,3 +129,33 @@ def test_augment_flips_and_shifts_whole_batches():
     assert shifted.shape == x.shape
     # every output row is a (possibly zero-padded) shifted copy of the input's pixels
     assert set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "classes"),
+    [("quality_binary", [], 2), ("quality", [], 6), ("alcohol", ["task=regression"], 0)],
+)
+def test_wine_ships_and_is_prepared_as_the_course_does(target, extra, classes, env, tmp_path):
+    from dlexp.data.tabular import wine
+
+    raw = wine(target)
+    assert len(raw.train) == 1597  # 1,599 wines less the two with total sulfur dioxide >= 200
+    assert raw.meta.num_classes == classes
+    assert raw.meta.input_shape == ((11,) if classes else (10,))  # a feature target leaves
+    assert torch.allclose(raw.train.x.mean(0), torch.zeros(raw.meta.input_shape), atol=1e-5)
+    assert torch.allclose(raw.train.x.std(0), torch.ones(raw.meta.input_shape), atol=1e-5)
+    if target == "quality_binary":
+        assert int(raw.train.y.sum()) == 853  # quality > 5 (the two outliers dropped were 7s)
+    metrics = train(
+        make_cfg("data=wine", f"data.source.target={target}", "trainer.epochs=2", *extra),
+        run_dir=tmp_path,
+    )
+    if classes == 2:
+        assert metrics["test/acc"] > 0.65  # chance: 0.54
+    elif classes == 0:
+        assert metrics["test/corr"] > 0.3
+
+
+def test_an_unknown_wine_target_names_the_choices(env, capsys):
+    code, _, err = cli(capsys, "train", "data=wine", "data.source.target=colour")
+    assert code == 2 and "quality_binary" in err and "residual sugar" in err

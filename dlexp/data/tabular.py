@@ -49,3 +49,38 @@ def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) 
     x = torch.randn(n, 1, generator=gen)
     y = slope * x + noise * torch.randn(n, 1, generator=gen)
     return Raw(Split(x, y), None, DataMeta("regression", "tabular", (1,), 0))
+
+
+WINE_CSV = Path(__file__).with_name("winequality-red.csv")  # UCI red wine quality, CC BY 4.0
+
+
+def wine(target: str = "quality_binary", path: str | None = None) -> Raw:
+    """The course's red wine data (DUDL_metaparams_*): wines with total sulfur dioxide >= 200
+    dropped (outliers), every feature z-scored over the whole set (as the course does), and
+    the target: `quality_binary` (quality > 5, the course's label), `quality` (the score
+    3..8 as classes) or a feature's name (a regression target, e.g. `residual sugar`)."""
+    file = Path(path).expanduser() if path else WINE_CSV
+    header, *rows = file.read_text().strip().splitlines()
+    names = [n.strip('"') for n in header.split(";")]
+    values = torch.tensor([[float(v) for v in row.split(";")] for row in rows])
+    values = values[values[:, names.index("total sulfur dioxide")] < 200]
+    quality = values[:, names.index("quality")]
+    features = [n for n in names if n != "quality"]
+    x = values[:, [names.index(n) for n in features]]
+    x = (x - x.mean(0)) / x.std(0)  # (scipy's zscore uses ddof=0; 1,597 rows: no difference to see)
+    if target == "quality_binary":
+        return Raw(Split(x, (quality > 5).long()), None,
+                   DataMeta("wine", "tabular", (x.shape[1],), 2, ["quality <= 5", "quality > 5"]))
+    if target == "quality":
+        scores = quality.long().unique()
+        y = torch.searchsorted(scores, quality.long())
+        return Raw(Split(x, y), None, DataMeta("wine", "tabular", (x.shape[1],), len(scores),
+                                               [f"quality {int(s)}" for s in scores]))
+    if target not in features:
+        raise DlexpError(
+            f"data.source.target={target!r} is not known; use quality_binary (the course's "
+            f"label), quality (the score as classes) or a feature: {', '.join(features)}."
+        )
+    keep = [i for i, n in enumerate(features) if n != target]
+    y = x[:, features.index(target)].unsqueeze(1)
+    return Raw(Split(x[:, keep].contiguous(), y), None, DataMeta("wine", "tabular", (len(keep),), 0))
