@@ -561,7 +561,11 @@ class Trainer:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "train/"))}
-        for summary in hparams_summary(hparams, metrics):
+        # Only the session records: TensorBoard then builds the table from all runs together,
+        # marking the hyperparameters whose values differ (the swept ones) to show first; an
+        # experiment record of each run's own would say that none differs.
+        _, session_start, session_end = hparams_summary(hparams, metrics)
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
 
 

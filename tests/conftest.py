@@ -96,18 +96,17 @@ def read_tags(run_dir: Path) -> dict[str, list[str]]:
 
 
 def read_hparams(run_dir: Path) -> tuple[dict[str, object], list[str]]:
-    """The HParams plugin's records in a run folder: (hyperparameters, metric tags)."""
+    """The HParams plugin's session record in a run folder: (hyperparameters, the scalar tags
+    TensorBoard offers as its metrics)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    acc = EventAccumulator(str(run_dir))
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     hparams = {}
     for key, value in start.session_start_info.hparams.items():
         kind = value.WhichOneof("kind")
         hparams[key] = getattr(value, kind)
-    metrics = [m.name.tag for m in exp.experiment.metric_infos]
-    return hparams, metrics
+    return hparams, acc.Tags()["scalars"]

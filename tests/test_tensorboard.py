@@ -1,0 +1,91 @@
+"""A real TensorBoard server on a small sweep, read through its HTTP data API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dlexp.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(base: str, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def server(env):
+    """TensorBoard on 127.0.0.1 over the outputs folder, once a 2 x 2 sweep has run."""
+    main(["train", "-m", "optimizer=sgd,adam", "optimizer.lr=0.1,0.01", "trainer.epochs=2"])
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            env["DLEXP_OUTPUTS"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded: the server loads the four runs within seconds
+            try:
+                if len(get(base, "/data/runs")) == 4:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(server, env):
+    runs = get(server, "/data/runs")
+    assert all("optimizer.lr=" in run for run in runs)
+    run = urllib.parse.quote(runs[0])
+    values = get(server, f"/data/plugin/scalars/scalars?run={run}&tag=val%2Facc")
+    assert len(values) == 2 and all(0 <= v[2] <= 1 for v in values)  # (time, step, value)
+    images = get(server, "/data/plugin/images/tags")
+    assert all("test/confusion_matrix" in tags for tags in images.values())
+
+    experiment = get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    infos = experiment["hparamInfos"]
+    names = [info["name"] for info in infos]
+    assert names[:2] == ["optimizer", "optimizer.lr"]  # the swept keys come first ...
+    assert all(info["differs"] for info in infos[:2])  # ... marked as what differs
+    types = {info["name"]: info["type"] for info in infos}
+    assert types["optimizer.lr"] == "DATA_TYPE_FLOAT64" and types["optimizer"] == "DATA_TYPE_STRING"
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"val/acc", "val/loss", "test/acc", "train/loss"} <= metrics
+    assert Path(env["DLEXP_OUTPUTS"]).is_dir()
