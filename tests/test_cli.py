@@ -234,3 +234,24 @@ def test_shell_completion_queries(line, expected, env, capsys, monkeypatch):
     monkeypatch.setenv("COMP_LINE", line)
     code, out, _ = cli(capsys, "-sc", "query=bash")
     assert code == 0 and expected <= set(out.split())
+
+
+@pytest.mark.parametrize(
+    ("group", "option", "extra"),
+    [
+        ("sweeper", "optuna", "optuna"),
+        ("launcher", "joblib", "joblib"),
+        ("launcher", "submitit_slurm", "slurm"),
+    ],
+)
+def test_a_missing_plugin_names_the_extra_to_install(group, option, extra):
+    """What dlexp says for Hydra's "Could not find" when the plugin is not installed (it is in
+    the test environment, so Hydra's text is given here as Hydra prints it)."""
+    from dlexp.hydra_app import _composition_error
+
+    hydra_text = (
+        f"In 'train': Could not find 'hydra/{group}/{option}'\n\nAvailable options in "
+        f"'hydra/{group}':\n\tbasic\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf\n"
+    )
+    message = _composition_error(hydra_text, [f"hydra/{group}={option}"], "unused")
+    assert message.startswith("dlexp: error: ") and f"pip install 'dlexp[{extra}]'" in message
