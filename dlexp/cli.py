@@ -96,6 +96,9 @@ def parse_pairs(
 
 
 def cmd_train(args: list[str]) -> None:
+    quiet = {"-h", "--help", "-sc", "--shell-completion", "-c", "--cfg", "-i", "--info"}
+    if sys.stderr.isatty() and not quiet & set(args):  # the imports take seconds: say so
+        print("dlexp: loading PyTorch and composing the config ...", file=sys.stderr, flush=True)
     from dlexp.hydra_app import hydra_train
 
     with user_errors():

@@ -12,9 +12,11 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dlexp.errors import DlexpError
@@ -100,6 +102,49 @@ class Composed(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sys.stderr.write(_HeldStderr.release())
+
+
+class SweepProgress(Callback):
+    """Hydra callback: "sweep job k of N" and the time left, as each job of a sweep starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.total, self.start = _sweep_size(config), time.monotonic()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        total = getattr(self, "total", None)  # unset in a launcher's worker processes
+        if total is None or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        done = config.hydra.job.num
+        left = ""
+        if done:
+            seconds = (time.monotonic() - self.start) / done * (total - done)
+            left = (
+                f", about {seconds:.0f} s left"
+                if seconds < 120
+                else f", {seconds / 60:.0f} min left"
+            )
+        print(f"dlexp: sweep job {done + 1} of {total}{left}", file=sys.stderr, flush=True)
+
+
+def _sweep_size(config: DictConfig) -> int | None:
+    """How many jobs a sweep has: Optuna's n_trials, or the product of the swept values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if "n_trials" in sweeper:
+        return int(sweeper.n_trials)
+    try:
+        parser = OverridesParser.create()
+        swept = {k: f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()}
+        for text in config.hydra.overrides.task:  # the command line replaces an experiment's
+            swept[text.partition("=")[0]] = text
+        total = 1
+        for override in parser.parse_overrides(list(swept.values())):
+            if override.is_sweep_override():
+                total *= len(list(override.sweep_iterator()))
+        return total
+    except Exception:  # glob() and other sweeps that need the config loader: no count
+        return None
 
 
 def _composition_error(text: str, args: list[str], config_path: str) -> str:

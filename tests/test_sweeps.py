@@ -246,3 +246,11 @@ def test_one_objective_for_the_sweeper_the_summary_the_report_and_best_pt(env, c
     for job, m in zip(jobs(sweep), metrics, strict=True):  # best.pt: the best val/acc epoch
         best = torch.load(job / "checkpoints" / "best.pt", weights_only=True)
         assert best["history"][-1]["val/acc"] == max(h["val/acc"] for h in m["history"])
+
+
+def test_a_sweep_says_which_job_of_how_many_and_the_time_left(env, capsys):
+    code, _, err = cli(capsys, "train", "-m", "optimizer.lr=0.1,0.01,0.001", "trainer.epochs=1")
+    assert code == 0
+    lines = [line for line in err.splitlines() if "sweep job" in line]
+    assert lines[0] == "dlexp: sweep job 1 of 3"
+    assert lines[2].startswith("dlexp: sweep job 3 of 3, about ") and lines[2].endswith(" s left")
