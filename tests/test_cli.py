@@ -255,3 +255,12 @@ def test_a_missing_plugin_names_the_extra_to_install(group, option, extra):
     )
     message = _composition_error(hydra_text, [f"hydra/{group}={option}"], "unused")
     assert message.startswith("dlexp: error: ") and f"pip install 'dlexp[{extra}]'" in message
+
+
+def test_a_terminal_hears_at_once_that_train_is_loading(env, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = cli(capsys, "train", "trainer.epochs=1")
+    assert code == 0 and err.startswith("dlexp: loading PyTorch and composing the config")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # not in logs and pipes
+    code, _, err = cli(capsys, "train", "trainer.epochs=1")
+    assert code == 0 and "loading PyTorch" not in err
