@@ -26,10 +26,19 @@ def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict
     task = build_task(cfg.task, data.meta, cfg.get("loss"))
     trainer = Trainer(cfg.trainer, dev, loaded.path.parent, cfg.seed, None, "")
     trainer.prepare(loaded.model)
-    test, _ = trainer.evaluate(task, loaded.model, data, data.test, cfg.data.eval_batch_size)
+    test, outputs = trainer.evaluate(
+        task, loaded.model, data, data.test, cfg.data.eval_batch_size, keep=True
+    )
+    if outputs is not None:
+        test.update(task.test_metrics(outputs, data.test.y))
     metrics = {f"test/{k}": v for k, v in test.items()}
     epoch = loaded.state["loop"]["epoch"]
-    log.info(
-        f"{loaded.path} (epoch {epoch}): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    )
+    overall = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.count("/") == 1)
+    log.info(f"{loaded.path} (epoch {epoch}): {overall}")
+    classes = [k.split("/", 2)[2] for k in metrics if k.startswith("test/precision/")]
+    if classes:  # the per-class table
+        log.info(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9}")
+        for name in classes:
+            row = [metrics[f"test/{m}/{name}"] for m in ("precision", "recall", "f1")]
+            log.info(f"{name:<20} " + " ".join(f"{v:>9.4f}" for v in row))
     return metrics

@@ -216,7 +216,9 @@ def _fit(run: Run) -> dict[str, Any]:
     if ddp.main:
         write_metrics(run_dir, metrics)
     split = "test/" if any(k.startswith("test/") for k in metrics) else "train/"
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(split))
+    shown = "  ".join(  # per-class values are in metrics.json and `dlexp eval`
+        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(split) and k.count("/") == 1
+    )
     log.info(f"final {shown}")
     log.info(f"run saved in {run_dir}")
     return metrics

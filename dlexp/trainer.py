@@ -317,6 +317,8 @@ class Trainer:
                     break
 
         test, outputs = self.evaluate(task, model, data, data.test, eval_batch_size, keep=True)
+        if outputs is not None:
+            test.update(task.test_metrics(outputs, data.test.y))
         final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
         final.update(epochs=loop.epoch, steps=loop.step, monitor=self.monitor)
         final["time_s"] = time.perf_counter() - start

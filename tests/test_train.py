@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_cfg, read_hparams, read_scalars, read_tags
+from conftest import cli, make_cfg, read_hparams, read_scalars, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.errors import DlexpError
 from dlexp.train import train
@@ -184,3 +184,29 @@ def test_bad_values_are_refused_before_work(overrides, expected, env, tmp_path):
     assert isinstance(user_error(err.value), DlexpError)
     assert expected in str(user_error(err.value))
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_per_class_metrics_in_metrics_json_eval_and_pr_curves(env, tmp_path, capsys):
+    metrics = train(make_cfg("model=cnn", "data=mnist", "trainer.epochs=2"), run_dir=tmp_path)
+    names = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["meta"]["class_names"]
+    recalls = [metrics[f"test/recall/{n}"] for n in names]
+    f1s = [metrics[f"test/f1/{n}"] for n in names]
+    assert metrics["test/recall_macro"] == pytest.approx(sum(recalls) / len(recalls))
+    assert metrics["test/f1_macro"] == pytest.approx(sum(f1s) / len(f1s))
+    # weighted recall is accuracy, by definition: a check on the counts behind them
+    assert metrics["test/recall_weighted"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/precision/" + names[3]] == metrics["test/precision/" + names[3]]
+    tags = read_tags(tmp_path)["tensors"]
+    assert {f"test/pr_curve/{n}" for n in names} <= set(tags)  # a PR curve per class
+    capsys.readouterr()
+    code, out, _ = cli(capsys, "eval", f"run={tmp_path}")  # the per-class table
+    assert code == 0 and "class                precision    recall        f1" in out
+    row = next(line for line in out.splitlines() if line.startswith(f"{names[0]:<20} "))
+    assert row.split()[-1] == f"{metrics['test/f1/' + names[0]]:.4f}"
+
+
+def test_binary_classification_reports_roc_auc(env, tmp_path):
+    metrics = train(make_cfg("data=qwerties", "trainer.epochs=5"), run_dir=tmp_path)
+    assert 0.5 < metrics["test/roc_auc"] <= 1.0
+    assert set(k for k in metrics if k.startswith("test/f1/")) == {"test/f1/blob0", "test/f1/blob1"}

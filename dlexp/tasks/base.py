@@ -91,6 +91,10 @@ class Task:
     def epoch_report(self, writer, model: nn.Module, data, step: int) -> None:
         """TensorBoard extras after each epoch."""
 
+    def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Metrics of the whole test split that are not sums over batches (per class, ...)."""
+        return {}
+
     def final_report(
         self, writer, model: nn.Module, data, outputs, step: int, run_dir: Path
     ) -> None:

@@ -41,10 +41,45 @@ class Classification(Task):
             "acc": (self.predict(out.detach()) == y).sum().float(),
         }
 
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """(N, C) class probabilities (two columns for one logit)."""
+        if self.binary:
+            p = torch.sigmoid(out.float().squeeze(1))
+            return torch.stack([1 - p, p], 1)
+        return torch.softmax(out.float(), 1)
+
+    def test_metrics(self, outputs, targets) -> dict[str, float]:
+        """Precision, recall and F1 per class with their macro and weighted means (and ROC-AUC
+        for two classes), by scikit-learn, from the test split's outputs."""
+        from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+        y, pred = targets.cpu().numpy(), self.predict(outputs).cpu().numpy()
+        labels = list(range(self.num_classes))
+        names = [str(n).replace("/", "-") for n in (self.class_names or labels)]
+        out: dict[str, float] = {}
+        per_class = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+        for metric, values in zip(("precision", "recall", "f1"), per_class[:3], strict=False):
+            out.update(
+                {f"{metric}/{name}": float(v) for name, v in zip(names, values, strict=True)}
+            )
+        for average in ("macro", "weighted"):
+            p, r, f, _ = precision_recall_fscore_support(
+                y, pred, labels=labels, average=average, zero_division=0
+            )
+            out.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
+        if self.binary and len(set(y.tolist())) == 2:
+            out["roc_auc"] = float(roc_auc_score(y, self.probabilities(outputs)[:, 1].cpu()))
+        return {k: float(v) for k, v in out.items()}
+
     def final_report(self, writer, model, data, outputs, step: int, run_dir) -> None:
-        """The test set's confusion matrix: in TensorBoard and as confusion_matrix.png."""
+        """The test set's confusion matrix (TensorBoard and confusion_matrix.png) and a
+        precision-recall curve per class."""
         if outputs is None:
             return
+        probs, y = self.probabilities(outputs).cpu(), data.test.y.cpu()
+        for c, name in enumerate(self.class_names or range(self.num_classes)):
+            tag = f"test/pr_curve/{str(name).replace('/', '-')}"
+            writer.add_pr_curve(tag, (y == c).int(), probs[:, c], step)
         n = self.num_classes
         pairs = data.test.y.cpu() * n + self.predict(outputs).cpu()
         cm = torch.bincount(pairs, minlength=n * n).view(n, n)
