@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
 
@@ -50,6 +50,23 @@ def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+BOOLEAN_KEYS = (
+    "trainer.compile",
+    "trainer.deterministic",
+    "trainer.channels_last",
+    "trainer.checkpoint",
+    "trainer.eval_before",
+    "trainer.test_every_epoch",
+    "trainer.overwrite",
+    "data.download",
+    "data.cache",
+    "data.standardize",
+    "data.augment.hflip",
+    "model.batch_norm",
+    "model.tied",
+    "model.freeze_backbone",
+    "sweep.resume",
+)
 RULES: dict[str, Rule] = {
     "seed": Rule(_int(0), "a whole number >= 0, e.g. seed=1"),
     "trainer.epochs": Rule(_int(1), "a whole number >= 1, e.g. trainer.epochs=5"),
@@ -73,13 +90,6 @@ RULES: dict[str, Rule] = {
         _one_of("auto", "fast", "fp32", "bf16", "fp16"), "auto, fast, fp32, bf16 or fp16"
     ),
     "trainer.progress": Rule(_one_of("auto", "bar", "log", "none"), "auto, bar, log or none"),
-    "trainer.compile": Rule(_bool, "true or false"),
-    "trainer.deterministic": Rule(_bool, "true or false"),
-    "trainer.channels_last": Rule(_bool, "true or false"),
-    "trainer.checkpoint": Rule(_bool, "true or false"),
-    "trainer.eval_before": Rule(_bool, "true or false"),
-    "trainer.test_every_epoch": Rule(_bool, "true or false"),
-    "trainer.overwrite": Rule(_bool, "true or false"),
     "data.batch_size": Rule(_int(1), "a whole number >= 1, e.g. data.batch_size=32"),
     "data.eval_batch_size": Rule(_int(1), "a whole number >= 1, e.g. 1024"),
     "data.val_fraction": Rule(
@@ -95,10 +105,6 @@ RULES: dict[str, Rule] = {
     "data.resize": Rule(_int(4), "a size in pixels >= 4, e.g. 64, or null", True),
     "data.test_roll": Rule(lambda v: isinstance(v, int) and not isinstance(v, bool), "pixels"),
     "data.normalize": Rule(_one_of("standard", "unit", "symmetric"), "standard, unit or symmetric"),
-    "data.download": Rule(_bool, "true or false"),
-    "data.cache": Rule(_bool, "true or false"),
-    "data.standardize": Rule(_bool, "true or false"),
-    "data.augment.hflip": Rule(_bool, "true or false"),
     "data.augment.shift": Rule(_int(0), "a whole number of pixels >= 0"),
     "data.augment.noise": Rule(_num(0), "a number >= 0 (the noise's std)"),
     "optimizer.lr": Rule(_num(0, open_low=True), "a positive number, e.g. optimizer.lr=0.001"),
@@ -111,16 +117,13 @@ RULES: dict[str, Rule] = {
     "model.width": Rule(_int(1), "a whole number of units >= 1, or null", True),
     "model.depth": Rule(_int(1), "a whole number of layers >= 1, or null", True),
     "model.latent": Rule(_int(1), "a whole number of units >= 1"),
-    "model.batch_norm": Rule(_bool, "true or false"),
-    "model.tied": Rule(_bool, "true or false"),
-    "model.freeze_backbone": Rule(_bool, "true or false"),
     "task.noise": Rule(_num(0), "a number >= 0 (the noise's std), e.g. 0.25"),
     "task.occlusion": Rule(_int(0), "a whole number of pixels >= 0, e.g. 3"),
     "task.show": Rule(_int(1), "a whole number of images >= 1, e.g. 8"),
     "task.quality_samples": Rule(_int(2), "a whole number of samples >= 2, e.g. 500"),
     "task.style_scale": Rule(_num(0, open_low=True), "a positive number, e.g. 1e6"),
     "task.out_size": Rule(_int(1), "a size in pixels >= 1, or null", True),
-    "sweep.resume": Rule(_bool, "true or false"),
+    **{key: Rule(_bool, "true or false") for key in BOOLEAN_KEYS},
     "device.type": Rule(
         lambda v: v in ("auto", "cpu", "cuda", "mps") or str(v).startswith("cuda:"),
         "auto, cpu, cuda (or cuda:N) or mps",
@@ -265,8 +268,8 @@ def _example(expected: Any) -> str:
 def check_known_keys(cfg: DictConfig, reference: DictConfig, groups: tuple[str, ...]) -> None:
     """Refuse keys added under dlexp's own groups (`+trainer.epoch=3`) that no code reads,
     naming the closest real key; `reference` is the config composed without those additions."""
-    known = set(_leaves(reference))
-    for key in _leaves(cfg):
+    known = set(config_keys(reference))
+    for key in config_keys(cfg):
         if key in known or key.split(".")[0] not in groups or key in OPTIONAL_KEYS:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
@@ -277,12 +280,8 @@ def check_known_keys(cfg: DictConfig, reference: DictConfig, groups: tuple[str, 
         )
 
 
-def _leaves(node: Any, prefix: str = "") -> list[str]:
-    if isinstance(node, DictConfig):
-        out = []
-        for k in node:
-            out += _leaves(node._get_node(k), f"{prefix}{k}.")  # no resolving: keys only
-        return out or [prefix[:-1]]
-    if isinstance(node, ListConfig):
-        return [prefix[:-1]]
+def config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every leaf key of a config, dotted (without resolving interpolations)."""
+    if isinstance(node, DictConfig) and len(node):
+        return [k for key in node for k in config_keys(node._get_node(key), f"{prefix}{key}.")]
     return [prefix[:-1]]

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dlexp.errors import DlexpError
-from dlexp.run import _IN_HYDRA_JOB, _hydra_record, _in_sweep, objective, shell_override, status_of
+from dlexp.run import IN_HYDRA_JOB, hydra_record, in_sweep, objective, shell_override, status_of
 
 log = logging.getLogger("dlexp")
 
@@ -185,12 +185,12 @@ def _composition_error(text: str, args: list[str], config_path: str) -> str:
     key = found.group(1)
     from hydra import compose, initialize_config_dir
 
-    from dlexp.checks import _leaves
+    from dlexp.checks import config_keys
 
     kept = [a for a in args if not a.startswith("-") and a.partition("=")[0] != key]
     try:
         with initialize_config_dir(config_dir=config_path, version_base="1.3"):
-            known = _leaves(compose("train", overrides=kept))
+            known = config_keys(compose("train", overrides=kept))
     except Exception:
         return text
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -211,7 +211,7 @@ def hydra_job(cfg: DictConfig) -> float:
     from dlexp.train import train
     from dlexp.trainer import Interrupted
 
-    job = _IN_HYDRA_JOB.set(True)
+    job = IN_HYDRA_JOB.set(True)
     try:
         return objective(cfg, train(cfg))
     except Interrupted as stop:
@@ -220,7 +220,7 @@ def hydra_job(cfg: DictConfig) -> float:
     except Exception as exc:
         err = user_error(exc)
         hc = HydraConfig.get()
-        if _in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
+        if in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
             reason = str(err) if err else f"{type(exc).__name__}: {exc}"
             if err is None:  # a crash: its traceback goes to the job's log
                 log.exception(f"job {hc.job.num} crashed")
@@ -230,7 +230,7 @@ def hydra_job(cfg: DictConfig) -> float:
                 from dlexp.checkpoint import save_json
 
                 if not (folder / ".hydra").is_dir():  # refused before it was recorded
-                    _hydra_record(folder, cfg, hc)
+                    hydra_record(folder, cfg, hc)
                 save_json(folder / "metrics.json", {"status": "failed", "message": reason})
             return float("nan")  # a failed trial, for sweepers that optimise
         if err is None:
@@ -238,7 +238,7 @@ def hydra_job(cfg: DictConfig) -> float:
         print(f"dlexp: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
-        _IN_HYDRA_JOB.reset(job)
+        IN_HYDRA_JOB.reset(job)
 
 
 def hydra_train(args: list[str], config_path: str) -> None:

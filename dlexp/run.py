@@ -271,19 +271,19 @@ def shell_override(key: str, value: str) -> str:
 
 # Set while `dlexp train`'s Hydra job function runs: only then is HydraConfig this run's own
 # (a compose() in a notebook or test leaves one behind that describes no run).
-_IN_HYDRA_JOB = contextvars.ContextVar("dlexp_hydra_job", default=False)
+IN_HYDRA_JOB = contextvars.ContextVar("dlexp_hydra_job", default=False)
 
 
 def _hydra() -> tuple[Any, list[str] | None]:
     from hydra.core.hydra_config import HydraConfig
 
-    if not _IN_HYDRA_JOB.get():
+    if not IN_HYDRA_JOB.get():
         return None, None
     hc = HydraConfig.get()
     return hc, list(hc.overrides.task)
 
 
-def _in_sweep(hc) -> bool:
+def in_sweep(hc) -> bool:
     from hydra.types import RunMode
 
     return hc is not None and hc.mode == RunMode.MULTIRUN
@@ -345,7 +345,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None) -> Iterator[Run]:
                 log.info(note)
             yield run
     except BaseException:
-        if (run is None or not run.started) and not _in_sweep(hc):
+        if (run is None or not run.started) and not in_sweep(hc):
             _remove(made)
         raise
     finally:
@@ -425,10 +425,10 @@ def _prepare(run: Run, hc) -> None:
     )
     run.made.append(run.dir / "run.json")
     if hc is not None:
-        run.made.append(_hydra_record(run.dir, run.cfg, hc))
+        run.made.append(hydra_record(run.dir, run.cfg, hc))
 
 
-def _hydra_record(run_dir: Path, cfg: DictConfig, hc) -> Path:
+def hydra_record(run_dir: Path, cfg: DictConfig, hc) -> Path:
     """What Hydra itself writes into .hydra/ when output_subdir is set."""
     out = run_dir / ".hydra"
     out.mkdir(exist_ok=True)
