@@ -221,24 +221,33 @@ def hydra_job(cfg: DictConfig) -> float:
         err = user_error(exc)
         hc = HydraConfig.get()
         if in_sweep(hc):  # one bad job must not stop a sweep; its folder says why
-            reason = str(err) if err else f"{type(exc).__name__}: {exc}"
-            if err is None:  # a crash: its traceback goes to the job's log
-                log.exception(f"job {hc.job.num} crashed")
-            print(f"dlexp: job {hc.job.num} failed: {reason}", file=sys.stderr)
-            folder = Path(hc.runtime.output_dir)
-            if folder.is_dir() and status_of(folder) in (None, "unfinished"):
-                from dlexp.checkpoint import save_json
-
-                if not (folder / ".hydra").is_dir():  # refused before it was recorded
-                    hydra_record(folder, cfg, hc)
-                save_json(folder / "metrics.json", {"status": "failed", "message": reason})
-            return float("nan")  # a failed trial, for sweepers that optimise
+            return sweep_job_failed(cfg, hc, exc)
         if err is None:
             raise
         print(f"dlexp: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         IN_HYDRA_JOB.reset(job)
+
+
+def sweep_job_failed(cfg: DictConfig, hc: DictConfig, exc: Exception) -> float:
+    """Record a failed sweep job in its folder (metrics.json says why) and go on: NaN is a
+    failed trial for sweepers that optimise."""
+    from dlexp.errors import user_error
+
+    err = user_error(exc)
+    reason = str(err) if err else f"{type(exc).__name__}: {exc}"
+    if err is None:  # a crash: its traceback goes to the job's log
+        log.error(f"job {hc.job.num} crashed", exc_info=exc)
+    print(f"dlexp: job {hc.job.num} failed: {reason}", file=sys.stderr)
+    folder = Path(hc.runtime.output_dir)
+    if folder.is_dir() and status_of(folder) in (None, "unfinished"):
+        from dlexp.checkpoint import save_json
+
+        if not (folder / ".hydra").is_dir():  # refused before it was recorded
+            hydra_record(folder, cfg, hc)
+        save_json(folder / "metrics.json", {"status": "failed", "message": reason})
+    return float("nan")
 
 
 def hydra_train(args: list[str], config_path: str) -> None:

@@ -77,16 +77,18 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
         raise
 
 
-def hparams_of(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def hparams_of(cfg: DictConfig, run_dir: Path, hc: DictConfig | None = None) -> dict[str, Any]:
     """What the HParams tab compares runs by: this run's overrides first (typed as the config
     types them, so "16" is the number 16), then the group choices and key settings (read from
-    the run's .hydra/ record, which every process of the run can see)."""
+    the run's .hydra/ record, which every process of the run can see, or from `hc`, the Hydra
+    config itself)."""
     import yaml
 
     out: dict[str, Any] = {}
     record = run_dir / ".hydra" / "hydra.yaml"
-    if record.is_file():
+    if hc is None and record.is_file():
         hc = OmegaConf.load(record).hydra
+    if hc is not None:
         choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
         for override in hc.overrides.task:
             key, _, value = override.partition("=")

@@ -49,9 +49,9 @@ class Diverged(DlexpError):
     """The loss became NaN or infinite."""
 
 
-def _namespace(node: Any) -> Any:
+def namespace(node: Any) -> Any:
     if isinstance(node, dict):
-        return SimpleNamespace(**{k: _namespace(v) for k, v in node.items()})
+        return SimpleNamespace(**{k: namespace(v) for k, v in node.items()})
     return node
 
 
@@ -129,6 +129,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def stop_signals(owner):
+    """SIGINT/SIGTERM/SIGUSR1 set `owner.signal`: the loop finishes its step, checkpoints and
+    stops. A second Ctrl-C stops at once."""
+
+    def handler(signum, frame):
+        if owner.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        owner.signal = signum
+        again = " (Ctrl-C again to quit now)" if signum == signal.SIGINT else ""
+        log.warning(f"{signal.Signals(signum).name}: stopping after this step{again}")
+
+    try:
+        # SIGUSR1: the warning SLURM (and submitit) send before preempting a job.
+        wanted = [
+            signal.SIGINT,
+            signal.SIGTERM,
+            *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
+        ]
+        previous = {s: signal.signal(s, handler) for s in wanted}
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class Trainer:
     def __init__(
         self,
@@ -144,7 +173,7 @@ class Trainer:
     ) -> None:
         # A plain namespace: a DictConfig lookup costs microseconds, and the loop reads the
         # settings every epoch (1,000-epoch course runs of a tiny net are mostly overhead).
-        self.cfg = cfg = _namespace(OmegaConf.to_container(cfg, resolve=True))
+        self.cfg = cfg = namespace(OmegaConf.to_container(cfg, resolve=True))
         self.run_id = run_id
         self.device = device
         self.run_dir = run_dir
@@ -259,7 +288,7 @@ class Trainer:
             for split in ("val", "test"):
                 values, _ = self.evaluate(task, model, data, getattr(data, split), eval_batch_size)
                 before.update({f"{split}/{k}": v for k, v in values.items()})
-            self._log_scalars(before)
+            log_scalars(self.writer, before, self.loop.step)
             self.history.append({"epoch": 0, **before})
             log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
@@ -267,7 +296,7 @@ class Trainer:
         self.lr = optimizer.param_groups[0]["lr"]
         self._saved_at, self._best = time.monotonic(), None
         shown = cfg.progress if self.dist.main else "none"
-        with self._signals(), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
+        with stop_signals(self), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
             while loop.epoch < cfg.epochs:
                 epoch = loop.epoch + 1
                 progress.start_epoch(epoch, done=loop.batch)
@@ -284,9 +313,9 @@ class Trainer:
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
                 metrics["lr"] = self.lr if step_scheduler else optimizer.param_groups[0]["lr"]
-                self._log_scalars(metrics)
+                log_scalars(self.writer, metrics, self.loop.step)
                 if epoch == 1 or (resume is not None and epoch == loop.epoch + 1):
-                    self._layout(metrics)
+                    layout(self.writer, metrics)
                 metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
                 self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
@@ -323,9 +352,9 @@ class Trainer:
         final.update(epochs=loop.epoch, steps=loop.step, monitor=self.monitor)
         final["time_s"] = time.perf_counter() - start
         if not cfg.test_every_epoch:
-            self._log_scalars({f"test/{k}": v for k, v in test.items()})
+            log_scalars(self.writer, {f"test/{k}": v for k, v in test.items()}, loop.step)
         self._report(task.final_report, model, data, outputs, run_dir=self.run_dir)
-        self._write_hparams(hparams, final)
+        write_hparams(self.writer, hparams, final)
         self.writer.flush()
         final["history"] = self.history
         return final
@@ -489,33 +518,6 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
-
-        def handler(signum, frame):
-            if self.signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.signal = signum
-            again = " (Ctrl-C again to quit now)" if signum == signal.SIGINT else ""
-            log.warning(f"{signal.Signals(signum).name}: stopping after this step{again}")
-
-        try:
-            # SIGUSR1: the warning SLURM (and submitit) send before preempting a job.
-            wanted = [
-                signal.SIGINT,
-                signal.SIGTERM,
-                *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []),
-            ]
-            previous = {s: signal.signal(s, handler) for s in wanted}
-        except ValueError:  # not the main thread: leave signals alone
-            previous = {}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     def _stop_on_signal(self) -> None:
         name = signal.Signals(self.signal).name
         saved = "a checkpoint was written; " if self.cfg.checkpoint else ""
@@ -539,36 +541,39 @@ class Trainer:
         _mode(model, False)
         report(self.writer, model, data, *args, step=self.loop.step, **kwargs)
 
-    def _log_scalars(self, values: dict[str, float]) -> None:
-        """All of them in one event (add_scalar would write one event per value)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-        self.writer.file_writer.add_summary(summary, self.loop.step)
+def log_scalars(writer, values: dict[str, float], step: int) -> None:
+    """All of them in one event (add_scalar would write one event per value)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
-    def _layout(self, metrics: dict[str, float]) -> None:
-        """TensorBoard's Custom Scalars tab: train against validation (and test) per metric, on
-        one chart each, as the course plots them."""
-        charts = {}
-        for key in metrics:
-            name = key.partition("/")[2]
-            if key.startswith("train/") and f"val/{name}" in metrics:
-                tags = [f"{split}/{name}" for split in ("train", "val", "test")]
-                charts[name] = ["Multiline", [t for t in tags if t in metrics]]
-        if charts:
-            self.writer.add_custom_scalars({"train vs validation": charts})
+    summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+    writer.file_writer.add_summary(summary, step)
 
-    def _write_hparams(self, hparams: dict[str, Any], final: dict[str, Any]) -> None:
-        """HParams records in the run's own event file (add_hparams would make a sub-run)."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "train/"))}
-        # Only the session records: TensorBoard then builds the table from all runs together,
-        # marking the hyperparameters whose values differ (the swept ones) to show first; an
-        # experiment record of each run's own would say that none differs.
-        _, session_start, session_end = hparams_summary(hparams, metrics)
-        for summary in (session_start, session_end):
-            self.writer.file_writer.add_summary(summary)
+def layout(writer, metrics: dict[str, float]) -> None:
+    """TensorBoard's Custom Scalars tab: train against validation (and test) per metric, on
+    one chart each, as the course plots them."""
+    charts = {}
+    for key in metrics:
+        name = key.partition("/")[2]
+        if key.startswith("train/") and f"val/{name}" in metrics:
+            tags = [f"{split}/{name}" for split in ("train", "val", "test")]
+            charts[name] = ["Multiline", [t for t in tags if t in metrics]]
+    if charts:
+        writer.add_custom_scalars({"train vs validation": charts})
+
+
+def write_hparams(writer, hparams: dict[str, Any], final: dict[str, Any]) -> None:
+    """HParams records in the run's own event file (add_hparams would make a sub-run)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "train/"))}
+    # Only the session records: TensorBoard then builds the table from all runs together,
+    # marking the hyperparameters whose values differ (the swept ones) to show first; an
+    # experiment record of each run's own would say that none differs.
+    _, session_start, session_end = hparams_summary(hparams, metrics)
+    for summary in (session_start, session_end):
+        writer.file_writer.add_summary(summary)
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:

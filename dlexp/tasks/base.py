@@ -70,7 +70,8 @@ class Task:
         return {"loss": loss.detach().float() * len(target)}
 
     def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        """Epoch metrics from the summed values: one host sync per epoch."""
+        """Epoch metrics from the summed values: one host sync per epoch. The batched launcher
+        passes sums with one value per job (shape (jobs,)) and reads back lists."""
         values = torch.stack(list(sums.values())).double().div(max(count, 1)).tolist()
         return dict(zip(sums, values, strict=True))
 

@@ -30,10 +30,10 @@ class Regression(Task):
         }
 
     def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        s = dict(zip(sums, torch.stack([v.double() for v in sums.values()]).tolist(), strict=True))
+        s = {k: v.double() for k, v in sums.items()}  # (or one value per job: see Task)
         n = max(count, 1)
         cov = s["pt"] / n - s["p"] * s["t"] / n**2
-        var_p = s["pp"] / n - (s["p"] / n) ** 2
-        var_t = s["tt"] / n - (s["t"] / n) ** 2
-        corr = cov / (var_p * var_t) ** 0.5 if var_p > 0 and var_t > 0 else 0.0
-        return {"loss": s["loss"] / n, "corr": corr}
+        var = (s["pp"] / n - (s["p"] / n) ** 2) * (s["tt"] / n - (s["t"] / n) ** 2)
+        corr = torch.where(var > 0, cov / var.clamp_min(1e-300).sqrt(), 0.0)
+        loss, corr = torch.stack([s["loss"] / n, corr]).tolist()
+        return {"loss": loss, "corr": corr}

@@ -1,0 +1,87 @@
+"""A TensorBoard writer without a background thread, for the batched launcher's many runs.
+
+`SummaryWriter` starts a writer thread per event file and checksums every record in pure
+Python; a group of 2,000 jobs would start 2,000 threads. `EventWriter` is a SummaryWriter (the
+same add_scalar, add_image, add_pr_curve, ...) whose records are buffered in memory and
+appended to the run's event file on `flush()`, checksummed with google-crc32c when installed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from torch.utils.tensorboard.writer import FileWriter, SummaryWriter
+
+try:
+    from google_crc32c import value as _crc32c
+except ImportError:  # pragma: no cover - the pure-Python one TensorBoard ships
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c
+
+
+def _masked_crc(data: bytes) -> bytes:
+    x = _crc32c(data) & 0xFFFFFFFF
+    return struct.pack("<I", (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def record(data: bytes) -> bytes:
+    """One TFRecord: length, its checksum, the data, its checksum."""
+    header = struct.pack("<Q", len(data))
+    return header + _masked_crc(header) + data + _masked_crc(data)
+
+
+class EventFile:
+    """What FileWriter needs from an event writer: records kept until `flush()`."""
+
+    count = 0  # distinct names for files opened in the same second by one process
+
+    def __init__(self, log_dir: str | Path) -> None:
+        EventFile.count += 1
+        self.log_dir = str(log_dir)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        self.path = Path(log_dir) / f"{name}.{os.getpid()}.{EventFile.count}"
+        self.buffer = bytearray()
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def get_logdir(self) -> str:
+        return self.log_dir
+
+    def add_event(self, event: Event) -> None:
+        self.buffer += record(event.SerializeToString())
+
+    def add_raw(self, data: bytes) -> None:
+        self.buffer += record(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            with open(self.path, "ab") as f:
+                f.write(self.buffer)
+            self.buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _FileWriter(FileWriter):
+    def __init__(self, log_dir: str) -> None:  # no EventFileWriter, no thread
+        self.event_writer = EventFile(log_dir)
+
+
+class EventWriter(SummaryWriter):
+    """SummaryWriter's API; events reach the disk on flush() or close()."""
+
+    def _get_file_writer(self) -> FileWriter:
+        if self.file_writer is None:
+            self.file_writer = _FileWriter(self.log_dir)
+            self.all_writers = {self.log_dir: self.file_writer}
+            if self.purge_step is not None:  # TensorBoard drops what came after this step
+                events = self.file_writer.event_writer
+                events.add_event(Event(step=self.purge_step, file_version="brain.Event:2"))
+                start = SessionLog(status=SessionLog.START)
+                events.add_event(Event(step=self.purge_step, session_log=start))
+                self.purge_step = None
+        return self.file_writer
