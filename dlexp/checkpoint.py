@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import torch
 
 from dlexp.errors import DlexpError
+
+_deferred: list[tuple[str, Path]] | None = None  # (temporary file, its place): see one_sync
 
 
 def atomic_write(path: Path, write) -> None:
@@ -28,19 +32,55 @@ def atomic_write(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if _deferred is None:
+                os.fsync(f.fileno())
+        if _deferred is None:
+            os.replace(tmp, path)
+        else:
+            _deferred.append((tmp, path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def one_sync() -> Iterator[None]:
+    """Files written atomically inside reach the disk with one sync at the end, then are
+    renamed into place (a stacked group writes thousands; an fsync each costs ms)."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    try:
+        yield
+        os.sync()
+        for tmp, path in _deferred:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in _deferred:
+            Path(tmp).unlink(missing_ok=True)
+        _deferred = outer
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def json_text(data: dict[str, Any]) -> str:
+    """JSON indented by two, but a list of records (a run's history) one record per line:
+    json's indented encoder is pure Python (~30 ms for a 1,000-epoch history, ~3 ms so)."""
+    items = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            rows = ",\n".join(f"    {json.dumps(v)}" for v in value)
+            items.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+        else:
+            items.append(
+                f"  {json.dumps(key)}: {json.dumps(value, indent=2)}".replace("\n", "\n  ")
+            )
+    return "{\n" + ",\n".join(items) + "\n}\n" if items else "{}\n"
+
+
 def save_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write(json_text(data).encode()))
 
 
 def find_checkpoint(run: str | Path, which: str = "last") -> Path:

@@ -8,6 +8,7 @@ appended to the run's event file on `flush()`, checksummed with google-crc32c wh
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -26,6 +27,31 @@ except ImportError:  # pragma: no cover - the pure-Python one TensorBoard ships
 def _masked_crc(data: bytes) -> bytes:
     x = _crc32c(data) & 0xFFFFFFFF
     return struct.pack("<I", (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def scalar_head(tag: str) -> bytes:
+    """A Summary.Value with this tag and a simple_value, but for the value's 4 bytes."""
+    name = tag.encode()
+    inner = b"\x0a" + _varint(len(name)) + name + b"\x15"
+    return b"\x0a" + _varint(len(inner) + 4) + inner
+
+
+def scalars_event(heads: list[bytes], values: bytes, step: int, wall_time: float) -> bytes:
+    """An Event of simple scalars, encoded directly (protobuf's Python objects cost ~10 µs
+    an event; a 2,000-job group logs two million): `values` holds the float32s in order."""
+    body = b"".join(h + values[4 * i : 4 * i + 4] for i, h in enumerate(heads))
+    head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+    return head + b"\x2a" + _varint(len(body)) + body
 
 
 def record(data: bytes) -> bytes:

@@ -23,25 +23,40 @@ from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 log = logging.getLogger("dlexp")
 
 
-def compose_jobs(loader, master: DictConfig, job_overrides, first: int) -> list[DictConfig]:
-    """Each job's full config (with `hydra`), numbered from `first`."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+class JobComposer:
+    """Sweep job configs from as few full compositions as it can: a job whose overrides
+    differ from the last composed job's only in plain values is a copy of it with those values
+    set, as Hydra sets them. Stands in for the config loader's `load_sweep_config` (Hydra's
+    basic sweeper composes every job to validate the batch, then the launcher composes them
+    again: both get the same configs, the second time from memory)."""
 
-    parser = OverridesParser.create()
-    base, base_overrides = None, None
-    configs = []
-    for i, overrides in enumerate(job_overrides):
-        overrides = list(overrides)
+    def __init__(self, load_sweep_config) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.full = load_sweep_config  # the config loader's own
+        self.parser = OverridesParser.create()
+        self.base: DictConfig | None = None
+        self.base_overrides: list[str] = []
+        self.made: dict[tuple[str, ...], DictConfig] = {}
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+
+        master, overrides = master_config, list(sweep_overrides)  # (Hydra passes them by name)
+        if tuple(overrides) in self.made:
+            return self.made[tuple(overrides)]
         config = None
-        if base is not None and len(overrides) == len(base_overrides):
-            config = _derive(base, base_overrides, overrides, parser)
+        if self.base is not None and len(overrides) == len(self.base_overrides):
+            config = _derive(self.base, self.base_overrides, overrides, self.parser)
         if config is None:
-            base, base_overrides = loader.load_sweep_config(master, overrides), overrides
-            config = copy.deepcopy(base)
+            self.base, self.base_overrides = self.full(master, overrides), overrides
+            config = copy.deepcopy(self.base)
         else:
             job = config.hydra.job
-            parsed = [o for o in parser.parse_overrides(overrides) if not o.is_hydra_override()]
+            parsed = self.parser.parse_overrides(overrides)
+            parsed = [o for o in parsed if not o.is_hydra_override()]
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.overrides.task = [o.input_line for o in parsed]
                 job.override_dirname = get_overrides_dirname(
@@ -51,10 +66,19 @@ def compose_jobs(loader, master: DictConfig, job_overrides, first: int) -> list[
                     exclude_keys=list(job.config.override_dirname.exclude_keys),
                 )
         OmegaConf.copy_cache(from_config=master, to_config=config)  # the same ${now:}
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.job.id = config.hydra.job.num = first + i
-        configs.append(config)
-    return configs
+        self.made[tuple(overrides)] = config
+        return config
+
+    def jobs(self, master: DictConfig, job_overrides, first: int) -> list[DictConfig]:
+        """Each job's full config (with `hydra`), numbered from `first`; forgotten here."""
+        configs = []
+        for i, overrides in enumerate(job_overrides):
+            config = self.load_sweep_config(master, overrides)
+            self.made.pop(tuple(overrides), None)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.job.id = config.hydra.job.num = first + i
+            configs.append(config)
+        return configs
 
 
 def _derive(base: DictConfig, base_overrides: list[str], overrides: list[str], parser):
@@ -83,7 +107,7 @@ def _derive(base: DictConfig, base_overrides: list[str], overrides: list[str], p
 
 
 def _task_config(config: DictConfig) -> DictConfig:
-    task = copy.copy(config)
+    task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
     return task
@@ -99,7 +123,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     config, context = launcher.config, launcher.hydra_context
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    configs = compose_jobs(context.config_loader, config, job_overrides, initial_job_idx)
+    configs = launcher.composer.jobs(config, job_overrides, initial_job_idx)
     groups: dict[str, list[int]] = defaultdict(list)
     alone: dict[int, str] = {}
     for i, job in enumerate(configs):

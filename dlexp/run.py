@@ -338,7 +338,8 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
         run.made = made
         if not launched:
             _decide(run, resume_path, hc, overrides)
-            check_config(run.cfg)
+            if run.cfg is not cfg:  # the stored config of a run it continues
+                check_config(run.cfg)
         if run.done is None and rank == 0 and not launched:
             _prepare(run, hc)
         with _log_file(run.dir if rank == 0 and log_file else None):
@@ -440,15 +441,18 @@ def hydra_record(run_dir: Path, cfg: DictConfig, hc) -> Path:
 
 
 def _save_yaml(node: Any, path: Path) -> None:
-    """OmegaConf.save's YAML, by libyaml when PyYAML has it (Hydra's record of a sweep job
-    takes ~20 ms in pure Python; a 2,000-job sweep writes 2,000)."""
+    path.write_text(yaml_text(node), encoding="utf-8")
+
+
+def yaml_text(node: Any) -> str:
+    """OmegaConf.to_yaml's YAML of plain containers, by libyaml when PyYAML has it (Hydra's
+    record of a sweep job takes ~20 ms in pure Python; a 2,000-job sweep writes 2,000)."""
     import yaml
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text = yaml.dump(
+    return yaml.dump(
         node, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
     )
-    path.write_text(text, encoding="utf-8")
 
 
 def _remove(made: list[Path]) -> None:

@@ -29,11 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import vmap
 
-from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint
-from dlexp.events import EventWriter
-from dlexp.run import Run
+from dlexp.checkpoint import FORMAT, LoopState, one_sync, save_checkpoint
+from dlexp.events import EventWriter, scalar_head, scalars_event
+from dlexp.run import Run, yaml_text
 from dlexp.tasks.base import higher_is_better
-from dlexp.train import build, build_optimizer, hparams_of, resolve_device, seed_everything
+from dlexp.train import build, hparams_of, resolve_device, seed_everything
 from dlexp.trainer import (
     Interrupted,
     autocast_dtype,
@@ -117,6 +117,28 @@ def group_key(cfg: DictConfig) -> str:
         if isinstance(parent, dict):
             parent.pop(leaf, None)
     return json.dumps(node, sort_keys=True, default=str)
+
+
+def param_group(cfg: DictConfig, n_params: int, device: torch.device) -> dict[str, Any]:
+    """The param_group torch's optimizer would hold for this config: the class's defaults,
+    then the config's values. (Building the optimizer itself imports torch._dynamo, ~1.4 s.)"""
+    import inspect
+
+    from hydra.utils import get_class
+
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    signature = inspect.signature(get_class(kwargs.pop("_target_")).__init__)
+    group = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name not in ("self", "params") and p.default is not inspect.Parameter.empty
+    }
+    group.update(kwargs)
+    if "fused" in kwargs and kwargs["fused"] is None:
+        group["fused"] = device.type in ("cpu", "cuda")
+    if "betas" in group:
+        group["betas"] = tuple(group["betas"])
+    return {**group, "params": list(range(n_params))}
 
 
 class StackedOptimizer:
@@ -245,10 +267,7 @@ class StackedGroup:
             for split in ("train", "val", "test")
         }
         kind = cfg.optimizer._target_.rsplit(".", 1)[-1]
-        groups = []
-        for run, model in zip(runs, self.models, strict=True):
-            opt = build_optimizer(run.cfg.optimizer, list(model.parameters()), self.device)
-            groups.append(opt.state_dict()["param_groups"][0])
+        groups = [param_group(r.cfg.optimizer, len(self.names), self.device) for r in runs]
         self.optimizer = StackedOptimizer(kind, groups, self.params)
         self.l1 = torch.tensor([float(r.cfg.trainer.l1) for r in runs], device=self.device)
         self.vloss = vmap(self.task.loss)
@@ -270,7 +289,7 @@ class StackedGroup:
         self.best_state: dict[str, Any] | None = None
         self.best_at = np.full(n, -1)  # index into the history where each job's best is
         self.best_written = np.zeros(n, dtype=bool)
-        self.yaml = [OmegaConf.to_yaml(r.cfg, resolve=True) for r in runs]
+        self.yaml = [yaml_text(OmegaConf.to_container(r.cfg, resolve=True)) for r in runs]
         self.hparams = [
             hparams_of(r.cfg, r.dir, hc) for r, hc in zip(runs, hydra_cfgs, strict=True)
         ]
@@ -385,7 +404,7 @@ class StackedGroup:
             for split in ("val", "test"):
                 values, _ = self.evaluate(split)
                 before.update({f"{split}/{k}": v for k, v in values.items()})
-            self.epochs.append((0, 0.0, 0, before))
+            self.epochs.append((0, 0.0, 0, time.time(), before))
         saved_at = time.monotonic()
         with stop_signals(self):
             while self.epoch < t.epochs:
@@ -404,7 +423,7 @@ class StackedGroup:
                 bad = bad.cpu().numpy() & self.active
                 for j in np.flatnonzero(bad):
                     self._diverged(j)
-                self.epochs.append((self.epoch, seconds, self.step, metrics))
+                self.epochs.append((self.epoch, seconds, self.step, time.time(), metrics))
                 value = np.asarray(metrics[self.monitor], dtype=float)
                 improved = (
                     self.sign * (value - self.best) > t.early_stopping.min_delta
@@ -426,7 +445,7 @@ class StackedGroup:
 
     def _history(self, j: int, upto: int | None = None) -> list[dict[str, Any]]:
         rows = list(self.prefix[j])
-        for epoch, seconds, _, metrics in self.epochs[:upto]:
+        for epoch, seconds, _, _, metrics in self.epochs[:upto]:
             row = {"epoch": epoch}
             if epoch:
                 row["train_seconds"] = seconds
@@ -438,13 +457,18 @@ class StackedGroup:
 
     def _flush_events(self) -> None:
         """Each job's epochs since the last flush into its event file."""
-        for j, writer in enumerate(self.writers):
-            for epoch, _, step, metrics in self.epochs[self.logged :]:
-                if not self.active[j] and epoch > self.ended[j]:
-                    continue
-                log_scalars(writer, {k: v[j] for k, v in metrics.items()}, step)
-                if epoch == 1 or (self.prefix[j] and epoch == len(self.prefix[j]) + 1):
-                    layout(writer, metrics)
+        events = [w.file_writer.event_writer for w in self.writers]
+        for epoch, _, step, wall, metrics in self.epochs[self.logged :]:
+            tags = list(metrics)
+            heads = [scalar_head(t) for t in tags]
+            with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
+                rows = np.array([metrics[t] for t in tags], dtype=np.float64).T.astype(np.float32)
+            for j, out in enumerate(events):
+                if self.active[j] or epoch <= self.ended[j]:
+                    out.add_raw(scalars_event(heads, rows[j].tobytes(), step, wall))
+                    if epoch == 1 or (self.prefix[j] and epoch == len(self.prefix[j]) + 1):
+                        layout(self.writers[j], metrics)
+        for writer in self.writers:
             writer.flush()
         self.logged = len(self.epochs)
 
@@ -488,16 +512,19 @@ class StackedGroup:
         self.best_at[improved] = len(self.epochs)
         self.best_written[improved] = False
 
-    def _save(self, jobs=None) -> None:
+    def _save(self) -> None:
+        """Every running job's last.pt (and best.pt where a better epoch came since)."""
         self._flush_events()
-        for j in np.flatnonzero(self.active) if jobs is None else jobs:
-            folder = self.runs[j].dir / "checkpoints"
-            loop = LoopState(
-                self.epoch, 0, self.step, {}, 0, float(self.best[j]), int(self.stale[j])
-            )
-            state = self._state(j, self.params, self.optimizer.job_state(j, self.names), loop)
-            save_checkpoint(folder / "last.pt", {**state, "history": self._history(j)})
-            self._write_best(j)
+        with one_sync():
+            for j in np.flatnonzero(self.active):
+                self._save_job(j)
+
+    def _save_job(self, j: int) -> None:
+        folder = self.runs[j].dir / "checkpoints"
+        loop = LoopState(self.epoch, 0, self.step, {}, 0, float(self.best[j]), int(self.stale[j]))
+        state = self._state(j, self.params, self.optimizer.job_state(j, self.names), loop)
+        save_checkpoint(folder / "last.pt", {**state, "history": self._history(j)})
+        self._write_best(j)
 
     def _write_best(self, j: int) -> None:
         if self.best_state is None or self.best_written[j] or self.best_at[j] < 0:
@@ -567,42 +594,40 @@ class StackedGroup:
     def _finish(self, seconds: float) -> list[dict[str, Any] | None]:
         test, outputs = self.evaluate("test", keep=True)
         self._flush_events()
-        results: list[dict[str, Any] | None] = []
-        for j, run in enumerate(self.runs):
-            if not self.active[j]:
-                self.writers[j].close()
-                results.append(None)
-                continue
-            history = self._history(j)
-            final = {k: v for k, v in history[-1].items() if k not in ("epoch", "train_seconds")}
-            job_test = {k: v[j] for k, v in test.items()}
-            job_test.update(self.task.test_metrics(outputs[j], self.splits["test"][1][j]))
-            final.update({f"test/{k}": v for k, v in job_test.items()})
-            final.update(epochs=self.epoch, steps=self.step, monitor=self.monitor, time_s=seconds)
-            writer, model = self.writers[j], self.models[j]
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(self.params[n][j])
-            if not self.t.test_every_epoch:
-                log_scalars(writer, {f"test/{k}": v for k, v in job_test.items()}, self.step)
-            model.eval()
-            self.task.final_report(
-                writer, model, self.datas[j], outputs[j], step=self.step, run_dir=run.dir
-            )
-            write_hparams(writer, self.hparams[j], final)
+        with one_sync():
+            return [self._finish_job(j, test, outputs, seconds) for j in range(len(self.runs))]
+
+    def _finish_job(self, j: int, test, outputs, seconds: float) -> dict[str, Any] | None:
+        """Job j's test metrics, final TensorBoard records, metrics.json."""
+        run, writer, model = self.runs[j], self.writers[j], self.models[j]
+        if not self.active[j]:  # diverged: its metrics.json says so already
             writer.close()
-            final["status"] = "completed"
-            write_metrics(run.dir, {**final, "history": history})
-            split = "test/"
-            shown = "  ".join(
-                f"{k} {v:.4f}"
-                for k, v in final.items()
-                if k.startswith(split) and k.count("/") == 1
-            )
-            self._log(j, f"final {shown}")
-            self._log(j, f"run saved in {run.dir}")
-            results.append(final)
-        return results
+            return None
+        history = self._history(j)
+        final = {k: v for k, v in history[-1].items() if k not in ("epoch", "train_seconds")}
+        job_test = {k: v[j] for k, v in test.items()}
+        job_test.update(self.task.test_metrics(outputs[j], self.splits["test"][1][j]))
+        final.update({f"test/{k}": v for k, v in job_test.items()})
+        final.update(epochs=self.epoch, steps=self.step, monitor=self.monitor, time_s=seconds)
+        with torch.no_grad():  # the job's own model, for the task's report
+            for n, p in model.named_parameters():
+                p.copy_(self.params[n][j])
+        if not self.t.test_every_epoch:
+            log_scalars(writer, {f"test/{k}": v for k, v in job_test.items()}, self.step)
+        model.eval()
+        self.task.final_report(
+            writer, model, self.datas[j], outputs[j], step=self.step, run_dir=run.dir
+        )
+        write_hparams(writer, self.hparams[j], final)
+        writer.close()
+        final["status"] = "completed"
+        write_metrics(run.dir, {**final, "history": history})
+        shown = "  ".join(
+            f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test/") and k.count("/") == 1
+        )
+        self._log(j, f"final {shown}")
+        self._log(j, f"run saved in {run.dir}")
+        return final
 
     def _restore(self) -> None:
         """Continue jobs from their checkpoints (all of a group stopped at the same epoch)."""

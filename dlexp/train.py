@@ -52,10 +52,13 @@ def resolve_device(cfg: DictConfig, deterministic: bool = False) -> torch.device
 
 def build_optimizer(cfg: DictConfig, params: list, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer; `fused: null` means fused kernels where torch has them (CPU, CUDA)."""
-    extra = {}
-    if "fused" in cfg and cfg.fused is None:
-        extra["fused"] = device.type in ("cpu", "cuda")
-    return instantiate(cfg, params=params, **extra)
+    from hydra.utils import get_class
+
+    kwargs = OmegaConf.to_container(cfg, resolve=True)  # (instantiate: ~30 ms, this: ~0.1)
+    target = kwargs.pop("_target_")
+    if "fused" in kwargs and kwargs["fused"] is None:
+        kwargs["fused"] = device.type in ("cpu", "cuda")
+    return get_class(target)(params, **kwargs)
 
 
 def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):

@@ -30,7 +30,14 @@ class BatchedLauncher(Launcher):
         self.config = self.hydra_context = self.task_function = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from dlexp.launcher import JobComposer
+
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        # The sweeper validates a batch by composing each job through this same loader:
+        # one JobComposer answers it and the launch (see dlexp.launcher).
+        loader = hydra_context.config_loader
+        self.composer = JobComposer(loader.load_sweep_config)
+        loader.load_sweep_config = self.composer.load_sweep_config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence:
         from dlexp.launcher import launch
