@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -566,6 +567,7 @@ class StackedGroup:
             },
         )
         self._log(j, message, logging.WARNING)
+        print(f"dlexp: {run.dir.name} diverged: {message}", file=sys.stderr)
 
     def _stop_on_signal(self) -> None:
         import signal
