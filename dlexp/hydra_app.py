@@ -48,9 +48,7 @@ def resume_sweep_args(args: list[str]) -> list[str]:
     import yaml
 
     wanted = sorted(  # the job overrides (hydra's own, e.g. hydra/launcher=..., are apart)
-        a
-        for a in args
-        if not a.startswith(("-", "hydra.", "hydra/")) and a != "sweep.resume=true"
+        a for a in args if not a.startswith(("-", "hydra.", "hydra/")) and a != "sweep.resume=true"
     )
     root = Path(os.environ.get("DLEXP_OUTPUTS", "outputs")) / "sweeps"
     for sweep in sorted(root.glob("*"), reverse=True):

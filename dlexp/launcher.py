@@ -107,10 +107,8 @@ def _derive(base: DictConfig, base_overrides: list[str], overrides: list[str], p
 
 
 def _task_config(config: DictConfig) -> DictConfig:
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
+    """The job's config without `hydra`, as the job function gets it."""
+    return OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -126,8 +124,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configs = launcher.composer.jobs(config, job_overrides, initial_job_idx)
     groups: dict[str, list[int]] = defaultdict(list)
     alone: dict[int, str] = {}
-    for i, job in enumerate(configs):
-        task = _task_config(job)
+    tasks = [_task_config(job) for job in configs]
+    for i, task in enumerate(tasks):
         reason = why_not_stacked(task)
         if reason is None:
             groups[group_key(task)].append(i)
@@ -150,7 +148,11 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     results: list[Any] = [None] * len(configs)
     for members in batches:
         configure_log(configs[members[0]].hydra.job_logging, config.hydra.verbose)
-        for i, ret in zip(members, _run_group([configs[i] for i in members], context), strict=True):
+        for i, ret in zip(
+            members,
+            _run_group([configs[i] for i in members], [tasks[i] for i in members], context),
+            strict=True,
+        ):
             results[i] = ret
     for i in sorted(alone):
         results[i] = run_job(
@@ -178,7 +180,7 @@ def _job_return(config: DictConfig, task: DictConfig, value: Any, failed: bool =
     )
 
 
-def _run_group(configs: list[DictConfig], context) -> list:
+def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> list:
     """Open each job's run folder (dlexp.run decides: new, continued or finished), train
     the open ones together, return each job's objective."""
     import sys
@@ -193,7 +195,6 @@ def _run_group(configs: list[DictConfig], context) -> list:
     first, last = configs[0].hydra.job.num, configs[-1].hydra.job.num
     print(f"dlexp: sweep jobs {first}-{last}: trained together as one stacked model", flush=True)
     values: list[Any] = [None] * len(configs)
-    tasks = [_task_config(c) for c in configs]
     by_epoch: dict[int, list[int]] = defaultdict(list)  # jobs continue from where they stopped
     token = IN_HYDRA_JOB.set(True)
     try:

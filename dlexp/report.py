@@ -121,11 +121,20 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in order if k in present] + extra
 
 
+SHOWN_ROWS = 40
+
+
 def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{sweep}  (sorted by {metric or 'job'}; * = best)")
+    shown = rows[:SHOWN_ROWS]  # a 2,000-job sweep's table would take seconds and a long scroll
+    more = (
+        f"; the first {len(shown)} of {len(rows)}, all in summary.csv"
+        if len(rows) > len(shown)
+        else ""
+    )
+    table = Table(title=f"{sweep}  (sorted by {metric or 'job'}; * = best{more})")
     table.add_column("")
     table.add_column("job")
     for key in keys:
@@ -135,7 +144,7 @@ def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
         table.add_column(m, justify="right")
     table.add_column("status")
     table.add_column("time s", justify="right")
-    for r in rows:
+    for r in shown:
         cells = ["*" if r is best else "", r["job"].split("_", 1)[0]]
         cells += [str(r["overrides"].get(k, "")) for k in keys]
         cells += [f"{r[m]:.4f}" if isinstance(r.get(m), int | float) else "" for m in metrics]

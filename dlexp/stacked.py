@@ -243,10 +243,15 @@ class StackedGroup:
         self.device = resolve_device(cfg.device, cfg.trainer.deterministic)
         self.dtype = autocast_dtype(cfg.trainer.precision, self.device)
         self.t = namespace(OmegaConf.to_container(cfg.trainer, resolve=True))  # read each epoch
-        built = []
-        for run in runs:
-            seed_everything(run.cfg.seed)
-            built.append(build(run.cfg, self.device))
+        built, level = [], log.level
+        try:
+            for k, run in enumerate(runs):
+                seed_everything(run.cfg.seed)
+                if k == 1:  # the first job's build says what it loaded; the rest would repeat it
+                    log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+                built.append(build(run.cfg, self.device))
+        finally:
+            log.setLevel(level)
         self.datas = [d for d, _, _ in built]
         self.task = built[0][1]
         self.models = [m.to(self.device) for _, _, m in built]

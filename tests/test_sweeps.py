@@ -34,6 +34,13 @@ def sweep_params(name: str) -> dict[str, str]:
     return dict(cfg.hydra.sweeper.params or {})
 
 
+def values(spec: str) -> list[str]:
+    """A sweep's values: `a,b,c` or Hydra's `range(start, stop[, step])`."""
+    if spec.startswith("range("):
+        return [str(v) for v in range(*map(int, spec[6:-1].split(",")))]
+    return spec.split(",")
+
+
 def only_sweep(env) -> Path:
     (sweep,) = (Path(env["DLEXP_OUTPUTS"]) / "sweeps").iterdir()
     return sweep
@@ -65,8 +72,8 @@ def test_every_experiment_runs(name, env, tmp_path):
         return
     # A 2-job version of the sweep: two values of the first swept key, one of the others.
     first, *rest = params
-    cut = [f"{first}={','.join(params[first].split(',')[:2])}"]
-    cut += [f"{k}={params[k].split(',')[0]}" for k in rest]
+    cut = [f"{first}={','.join(values(params[first])[:2])}"]
+    cut += [f"{k}={values(params[k])[0]}" for k in rest]
     main(["train", "-m", f"experiment={name}", *quick, *cut])
     done = jobs(only_sweep(env))
     assert len(done) == 2

@@ -96,14 +96,10 @@ class Classification(Task):
         cm = torch.bincount(pairs, minlength=n * n).view(n, n)
         import io
 
-        import matplotlib.pyplot as plt
         from PIL import Image
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        fig = confusion_figure(cm, self.class_names)
-        fig.canvas.draw()
-        image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
-        plt.close(fig)
+        image = Image.fromarray(confusion_image(cm, self.class_names))
         png = io.BytesIO()  # encoded once, for the file and for TensorBoard
         image.save(png, format="PNG", compress_level=1)
         (run_dir / "confusion_matrix.png").write_bytes(png.getvalue())
@@ -117,30 +113,59 @@ class Classification(Task):
         writer.file_writer.add_summary(summary, step)
 
 
+_FIGURES: dict[tuple, tuple] = {}  # per class list: the figure and its drawn frame
+
+
 def confusion_figure(cm: torch.Tensor, names: list[str]):
-    """Rows: true class, columns: predicted; cells shaded by the share of their row, with the
-    counts written in (the course's picture), full class names on both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The confusion matrix's figure: rows true class, columns predicted; cells shaded by the
+    share of their row, with the counts written in (the course's picture), full class names
+    on both axes. One figure per class list and process, given each run's counts."""
     n = len(cm)
     labels = [str(s) for s in (names or range(n))]
-    side = min(12.0, max(4.0, 2.5 + 0.45 * n))
-    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    if (n, *labels) not in _FIGURES:
+        _FIGURES[(n, *labels)] = _confusion_frame(n, labels)
+    fig, _, image, title, counts = _FIGURES[(n, *labels)]
     share = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    image.set_data(share)
+    title.set_text(f"test confusion matrix ({int(cm.sum())} samples)")
+    for (i, j), text in counts.items():
+        text.set_text(str(int(cm[i, j])))
+        text.set_color("white" if share[i, j] > 0.5 else "black")
+    return fig
+
+
+def confusion_image(cm: torch.Tensor, names: list[str]) -> np.ndarray:
+    """The figure as an RGB array. Its frame (axes, labels) was drawn once; a run draws only
+    its cells, counts and title on it (~2 ms instead of ~15: a stacked sweep draws thousands)."""
+    fig = confusion_figure(cm, names)
+    _, frame, image, title, counts = _FIGURES[
+        (len(cm), *(str(s) for s in (names or range(len(cm)))))
+    ]
+    fig.canvas.restore_region(frame)
+    for artist in (image, *image.axes.spines.values(), title, *counts.values()):
+        fig.draw_artist(artist)  # (the spines again: the cells cover them)
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _confusion_frame(n: int, labels: list[str]) -> tuple:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    side = min(12.0, max(4.0, 2.5 + 0.45 * n))
+    fig = Figure(figsize=(side, side), dpi=100)  # not pyplot's: nothing global to close
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.zeros((n, n)), cmap="Blues", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 45, ha="center")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"test confusion matrix ({int(cm.sum())} samples)", fontsize=10)
+    title = ax.set_title("", fontsize=10)
+    counts = {}
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                color = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
+                counts[i, j] = ax.text(j, i, "", ha="center", va="center", fontsize=8)
     # Margins for the longest class name (tight_layout would measure every label: ~15 ms).
     longest = max(map(len, labels))
     below = 0.08 * longest if n > 10 else 0.06 * longest  # x labels at 90 or 45 degrees
@@ -150,4 +175,8 @@ def confusion_figure(cm: torch.Tensor, names: list[str]):
         right=1 - 0.15 / side,
         top=1 - 0.4 / side,
     )
-    return fig
+    for artist in (image, title, *counts.values()):
+        artist.set_animated(True)  # left out of the frame, drawn per run
+    fig.canvas.draw()
+    frame = fig.canvas.copy_from_bbox(fig.bbox)
+    return fig, frame, image, title, counts
