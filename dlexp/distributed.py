@@ -113,7 +113,7 @@ def main() -> None:
 
 
 class NullWriter:
-    """What ranks other than 0 get instead of a SummaryWriter: every call does nothing."""
+    """What ranks other than 0 get instead of an EventWriter: every call does nothing."""
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None

@@ -1,9 +1,12 @@
-"""A TensorBoard writer without a background thread, for the batched launcher's many runs.
+"""The TensorBoard writer of every run: SummaryWriter's API without its background thread.
 
 `SummaryWriter` starts a writer thread per event file and checksums every record in pure
-Python; a group of 2,000 jobs would start 2,000 threads. `EventWriter` is a SummaryWriter (the
-same add_scalar, add_image, add_pr_curve, ...) whose records are buffered in memory and
-appended to the run's event file on `flush()`, checksummed with google-crc32c when installed.
+Python (~35 µs a record, competing with training for the GIL: a 1,000-epoch course run logs
+1,000 epochs); a stacked group of 2,000 jobs would start 2,000 threads. `EventWriter` is a
+SummaryWriter (the same add_scalar, add_image, add_pr_curve, ...) whose records are buffered
+in memory and appended to the event file every few seconds, on `flush()` (each checkpoint) and
+on `close()`, checksummed with google-crc32c. `scalars()` writes an epoch's scalars as one
+event encoded directly.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class EventFile:
     """What FileWriter needs from an event writer: records kept until `flush()`."""
 
     count = 0  # distinct names for files opened in the same second by one process
+    flush_seconds = 5.0  # TensorBoard shows a running run's curves this fresh
 
     def __init__(self, log_dir: str | Path) -> None:
         EventFile.count += 1
@@ -71,18 +75,22 @@ class EventFile:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
         self.path = Path(log_dir) / f"{name}.{os.getpid()}.{EventFile.count}"
         self.buffer = bytearray()
+        self.flushed = time.monotonic()
         self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def get_logdir(self) -> str:
         return self.log_dir
 
     def add_event(self, event: Event) -> None:
-        self.buffer += record(event.SerializeToString())
+        self.add_raw(event.SerializeToString())
 
     def add_raw(self, data: bytes) -> None:
         self.buffer += record(data)
+        if time.monotonic() - self.flushed > self.flush_seconds:
+            self.flush()
 
     def flush(self) -> None:
+        self.flushed = time.monotonic()
         if self.buffer:
             with open(self.path, "ab") as f:
                 f.write(self.buffer)
@@ -98,7 +106,17 @@ class _FileWriter(FileWriter):
 
 
 class EventWriter(SummaryWriter):
-    """SummaryWriter's API; events reach the disk on flush() or close()."""
+    """SummaryWriter's API; events reach the disk every few seconds, on flush() and close()."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars as one event (add_scalar writes an event per value)."""
+        import numpy as np
+
+        heads = [scalar_head(tag) for tag in values]
+        with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
+            data = np.asarray(list(values.values()), dtype=np.float64).astype(np.float32)
+        event = scalars_event(heads, data.tobytes(), int(step), time.time())
+        self._get_file_writer().event_writer.add_raw(event)
 
     def _get_file_writer(self) -> FileWriter:
         if self.file_writer is None:

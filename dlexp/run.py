@@ -342,12 +342,17 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
                 check_config(run.cfg)
         if run.done is None and rank == 0 and not launched:
             _prepare(run, hc)
+        if rank == 0 and log_file and not (run.dir / "train.log").exists():
+            run.made.append(run.dir / "train.log")
         with _log_file(run.dir if rank == 0 and log_file else None):
             for note in run.notes:
                 log.info(note)
             yield run
     except BaseException:
         if (run is None or not run.started) and not in_sweep(hc):
+            if run_dir is not None:
+                release(Path(run_dir), fd)  # our lock first, so that an empty folder goes
+                fd = None
             _remove(made)
         raise
     finally:
@@ -461,11 +466,9 @@ def _remove(made: list[Path]) -> None:
     for path in reversed(made):
         if path.name == ".hydra":
             shutil.rmtree(path, ignore_errors=True)
-        elif path.is_dir():  # a run folder
-            for name in (LOCK, "train.log"):
-                (path / name).unlink(missing_ok=True)
+        elif path.is_dir():  # a run folder (another process may be using it: only if empty)
             with contextlib.suppress(OSError):
-                path.rmdir()  # only if empty
+                path.rmdir()
         else:
             path.unlink(missing_ok=True)
 

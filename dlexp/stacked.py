@@ -467,7 +467,7 @@ class StackedGroup:
         for epoch, _, step, wall, metrics in self.epochs[self.logged :]:
             tags = list(metrics)
             heads = [scalar_head(t) for t in tags]
-            with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
+            with np.errstate(over="ignore"):  # as EventWriter.scalars: float32, inf beyond
                 rows = np.array([metrics[t] for t in tags], dtype=np.float64).T.astype(np.float32)
             for j, out in enumerate(events):
                 if self.active[j] or epoch <= self.ended[j]:

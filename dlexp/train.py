@@ -137,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
 
 
 def _fit(run: Run) -> dict[str, Any]:
-    from torch.utils.tensorboard import SummaryWriter
+    from dlexp.events import EventWriter
 
     cfg, run_dir, resume = run.cfg, run.dir, run.resume
     seed_everything(cfg.seed)
@@ -167,7 +167,7 @@ def _fit(run: Run) -> dict[str, Any]:
     # Resuming appends to the run's TensorBoard log; purge_step drops what was logged after
     # the checkpoint, so no step appears twice.
     purge = resume["loop"]["step"] + 1 if resume else None
-    writer = SummaryWriter(str(run_dir), purge_step=purge) if ddp.main else NullWriter()
+    writer = EventWriter(str(run_dir), purge_step=purge) if ddp.main else NullWriter()
     trainer = Trainer(
         cfg.trainer,
         device,

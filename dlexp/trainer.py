@@ -544,10 +544,7 @@ class Trainer:
 
 def log_scalars(writer, values: dict[str, float], step: int) -> None:
     """All of them in one event (add_scalar would write one event per value)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-    writer.file_writer.add_summary(summary, step)
+    writer.scalars(values, step)
 
 
 def layout(writer, metrics: dict[str, float]) -> None:
