@@ -8,8 +8,11 @@
     full-batch epochs). Timed from the first model to the last (imports excluded).
 (b) dlexp's basic launcher: the whole `dlexp train -m ...` command, start-up, run folders,
     TensorBoard, checkpoints and the sweep summary included.
+(c) dlexp's batched launcher (hydra/launcher=batched): the same command, the jobs trained as
+    stacked groups.
+(d) one job alone: `train(cfg)` of one qwerties rate (1,000 epochs, checkpoints and validation
+    every epoch) against one model of the course's loop, in one process (after a warm-up).
 Prints wall time, time per job and the ratio to (a), medians of --repeats runs.
-(c), the batched launcher, is not built yet (see the sweep-speed issue).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def course(grid: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def dlexp_basic(grid: str) -> float:
+def dlexp_sweep(grid: str, launcher: str) -> float:
     if grid == "qwerties":
         args = [
             "experiment=ann_lr_sweep",
@@ -95,12 +98,67 @@ def dlexp_basic(grid: str) -> float:
         env = {**os.environ, "DLEXP_OUTPUTS": out}
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "dlexp", "train", "-m", *args, "trainer.progress=none"],
+            [
+                sys.executable,
+                "-m",
+                "dlexp",
+                "train",
+                "-m",
+                *args,
+                "trainer.progress=none",
+                f"hydra/launcher={launcher}",
+            ],
             env=env,
             check=True,
             capture_output=True,
         )
         return time.perf_counter() - start
+
+
+SINGLE = """
+import os, sys, tempfile, time, numpy as np, torch
+from torch import nn
+from hydra import compose, initialize_config_dir
+from dlexp.cli import config_dir
+from dlexp.train import train
+os.environ["DLEXP_OUTPUTS"] = tempfile.mkdtemp()
+n = 100
+a = [1 + np.random.randn(n), 1 + np.random.randn(n)]
+b = [5 + np.random.randn(n), 1 + np.random.randn(n)]
+data = torch.tensor(np.hstack((a, b)).T).float()
+labels = torch.tensor(np.vstack((np.zeros((n, 1)), np.ones((n, 1))))).float()
+def course_model():
+    start = time.perf_counter()
+    model = nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1))
+    lossfun = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = torch.zeros(1000)
+    for epoch in range(1000):
+        loss = lossfun(model(data), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses[epoch] = loss.item()
+    predictions = model(data)
+    return time.perf_counter() - start
+with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    cfg = compose("train", overrides=["experiment=ann_lr_sweep", "trainer.progress=none"])
+course_model(), train(cfg, run_dir=os.environ["DLEXP_OUTPUTS"] + "/warm")
+for i in range(int(sys.argv[1])):
+    c = course_model()
+    tic = time.perf_counter()
+    fit = train(cfg, run_dir=os.environ["DLEXP_OUTPUTS"] + f"/r{i}")["time_s"]
+    print(c, fit, time.perf_counter() - tic)
+"""
+
+
+def single(repeats: int) -> tuple[float, float, float]:
+    """(course model, dlexp fit, dlexp train(cfg)) seconds, medians."""
+    out = subprocess.run(
+        [sys.executable, "-c", SINGLE, str(repeats)], capture_output=True, text=True, check=True
+    )
+    rows = [tuple(map(float, line.split())) for line in out.stdout.strip().splitlines()]
+    return tuple(statistics.median(column) for column in zip(*rows, strict=True))
 
 
 def main() -> None:
@@ -114,11 +172,25 @@ def main() -> None:
     for grid in grids:
         jobs = 40
         a = statistics.median(course(grid) for _ in range(opts.repeats))
-        b = statistics.median(dlexp_basic(grid) for _ in range(opts.repeats))
-        for name, seconds in (("(a) course loop", a), ("(b) dlexp basic launcher", b)):
+        b = statistics.median(dlexp_sweep(grid, "basic") for _ in range(opts.repeats))
+        c = statistics.median(dlexp_sweep(grid, "batched") for _ in range(opts.repeats))
+        for name, seconds in (
+            ("(a) course loop", a),
+            ("(b) dlexp basic launcher", b),
+            ("(c) dlexp batched launcher", c),
+        ):
             print(
                 f"| {grid} | {name} | {seconds:.2f} | {seconds / jobs:.3f} | {seconds / a:.2f}x |"
             )
+    course_s, fit_s, whole_s = single(opts.repeats)
+    print(f"| one job | (a) course loop, one model | {course_s:.3f} | {course_s:.3f} | 1.00x |")
+    print(
+        f"| one job | (d) dlexp train(cfg): fit | {fit_s:.3f} | {fit_s:.3f} | {fit_s / course_s:.2f}x |"
+    )
+    print(
+        f"| one job | (d) dlexp train(cfg): whole call | {whole_s:.3f} | {whole_s:.3f} | "
+        f"{whole_s / course_s:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
 
     from hydra.core.hydra_config import HydraConfig
 
+    from dlexp.checkpoint import one_sync
     from dlexp.hydra_app import sweep_job_failed
     from dlexp.run import IN_HYDRA_JOB, objective, open_run
     from dlexp.stacked import StackedGroup
@@ -200,6 +201,8 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
     try:
         with contextlib.ExitStack() as stack:
             runs = {}
+            opening = stack.enter_context(contextlib.ExitStack())
+            opening.enter_context(one_sync())  # the runs' records reach the disk in one sync
             for i, (config, task) in enumerate(zip(configs, tasks, strict=True)):
                 folder = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
                 with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
@@ -216,6 +219,7 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
                     continue
                 runs[i] = run
                 by_epoch[run.resume["loop"]["epoch"] if run.resume else 0].append(i)
+            opening.close()
             for members in by_epoch.values():
                 group = [runs[i] for i in members]
                 try:

@@ -4,7 +4,7 @@ The course's grids train hundreds of tiny nets (a 2-1-1 net on 200 points, 1,000
 epochs): one after another, each step is a handful of microsecond ops and the loop around them
 costs more than the maths. Here the jobs' weights are stacked along a leading job dimension,
 each layer is one batched matmul for all of them, the loss and metric sums are the task's own
-(vmapped over jobs), and a functional optimizer applies each job's own learning rate,
+(Task.job_scores), and a functional optimizer applies each job's own learning rate,
 momentum, weight decay and L1. Each job keeps its own data (its seed draws and splits it) and
 its own epoch order.
 
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.func import vmap
 
 from dlexp.checkpoint import FORMAT, LoopState, one_sync, save_checkpoint
 from dlexp.events import EventWriter, scalar_head, scalars_event
@@ -249,7 +248,7 @@ class StackedGroup:
                 seed_everything(run.cfg.seed)
                 if k == 1:  # the first job's build says what it loaded; the rest would repeat it
                     log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
-                built.append(build(run.cfg, self.device))
+                built.append(build(run.cfg, self.device, built[0][1] if built else None))
         finally:
             log.setLevel(level)
         self.datas = [d for d, _, _ in built]
@@ -276,8 +275,6 @@ class StackedGroup:
         groups = [param_group(r.cfg.optimizer, len(self.names), self.device) for r in runs]
         self.optimizer = StackedOptimizer(kind, groups, self.params)
         self.l1 = torch.tensor([float(r.cfg.trainer.l1) for r in runs], device=self.device)
-        self.vloss = vmap(self.task.loss)
-        self.vsums = vmap(self.task.sums)
         n_val = len(self.datas[0].val)
         self.monitor = f"val/{self.task.monitor}" if n_val else f"train/{self.task.monitor}"
         if cfg.get("objective") and str(cfg.objective).startswith(("val/", "train/")):
@@ -292,6 +289,7 @@ class StackedGroup:
         self.prefix: list[list[dict[str, Any]]] = [[] for _ in runs]  # resumed history
         self.epochs: list[tuple[int, float, int, dict[str, list[float]]]] = []  # this process's
         self.logged = 0  # epochs of self.epochs already in the event files
+        self.rows: dict[int, tuple[int, list]] = {}  # each job's history, as last built
         self.best_state: dict[str, Any] | None = None
         self.best_at = np.full(n, -1)  # index into the history where each job's best is
         self.best_written = np.zeros(n, dtype=bool)
@@ -356,7 +354,7 @@ class StackedGroup:
                 )
             with self.autocast():
                 out = self.forward(xb)
-                loss = self.vloss(out, yb)
+                loss, batch_sums = self.task.job_scores(out, yb, xb)
                 total = loss
                 if self.l1.any():
                     reg = sum(self.params[w].abs().flatten(1).sum(1) for w in self.weights)
@@ -366,8 +364,8 @@ class StackedGroup:
             for p in self.params.values():
                 p.grad = None
             with torch.no_grad():
-                for k, v in self.vsums(out.detach(), yb, loss.detach(), xb).items():
-                    sums[k] = sums[k] + v if k in sums else v
+                for k, v in batch_sums.items():
+                    sums[k] = sums[k] + v.detach() if k in sums else v.detach()
                 bad |= ~torch.isfinite(loss.detach())
             self.step += 1
         return sums, bad
@@ -382,7 +380,7 @@ class StackedGroup:
             xb, yb = x[:, i : i + chunk], y[:, i : i + chunk]
             with self.autocast():
                 out = self.forward(xb)
-                batch_sums = self.vsums(out, yb, self.vloss(out, yb), xb)
+                _, batch_sums = self.task.job_scores(out, yb, xb)
             for k, v in batch_sums.items():
                 sums[k] = sums[k] + v if k in sums else v
             if keep:
@@ -450,6 +448,12 @@ class StackedGroup:
         return self._finish(time.perf_counter() - start)
 
     def _history(self, j: int, upto: int | None = None) -> list[dict[str, Any]]:
+        """Job j's history as train() keeps it (up to epoch record `upto`); the full one is
+        built once per epoch count (last.pt and metrics.json both hold it)."""
+        upto = len(self.epochs) if upto is None else upto
+        cached = self.rows.get(j)
+        if cached is not None and cached[0] == upto:
+            return cached[1]
         rows = list(self.prefix[j])
         for epoch, seconds, _, _, metrics in self.epochs[:upto]:
             row = {"epoch": epoch}
@@ -459,6 +463,8 @@ class StackedGroup:
             if epoch:
                 row["samples_per_s"] = self.splits["train"][0].shape[1] / max(seconds, 1e-9)
             rows.append(row)
+        if upto == len(self.epochs):
+            self.rows[j] = (upto, rows)
         return rows
 
     def _flush_events(self) -> None:
@@ -634,6 +640,7 @@ class StackedGroup:
         )
         self._log(j, f"final {shown}")
         self._log(j, f"run saved in {run.dir}")
+        self.rows.pop(j, None)
         return final
 
     def _restore(self) -> None:

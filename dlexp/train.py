@@ -107,10 +107,11 @@ def hparams_of(cfg: DictConfig, run_dir: Path, hc: DictConfig | None = None) -> 
     return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in out.items()}
 
 
-def build(cfg: DictConfig, device: torch.device):
-    """Data (on the device), task and model for a config; shared by train and eval."""
+def build(cfg: DictConfig, device: torch.device, task=None):
+    """Data (on the device), task and model for a config; shared by train and eval (and the
+    jobs of a stacked group, which share one `task`)."""
     data = load_data(cfg.data, cfg.seed).to(device)
-    task = build_task(cfg.task, data.meta, cfg.get("loss"))
+    task = task or build_task(cfg.task, data.meta, cfg.get("loss"))
     start_from = None
     if cfg.model.get("init_from"):  # another run's model, rebuilt and checked like any run
         source = load_run(cfg.model.init_from)

@@ -61,8 +61,10 @@ def assert_same_results(a: dict, b: dict) -> None:
             "optimizer.weight_decay=0,0.01",
             "trainer.l1=0,0.001",
         ],
+        # the task's loss and sums vmapped over the jobs (Task.job_scores' default)
+        ["data=regression", "optimizer=rmsprop", "optimizer.lr=0.001,0.003", "trainer.epochs=3"],
     ],
-    ids=["qwerties-sgd", "iris-adam"],
+    ids=["qwerties-sgd", "iris-adam", "regression-rmsprop"],
 )
 def test_stacked_jobs_equal_sequential_jobs(env, tmp_path, capsys, args):
     code, log = sweep(capsys, tmp_path / "batched", *args, "hydra/launcher=batched")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dlexp.data import DataMeta
@@ -26,6 +27,7 @@ class Classification(Task):
         self.class_names = meta.class_names
         self.num_outputs = 1 if self.binary else num_classes
         self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
+        self.default_loss = loss is None
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return (out.squeeze(1) > 0).long() if self.binary else out.argmax(1)
@@ -40,6 +42,24 @@ class Classification(Task):
             "loss": loss.detach().float() * len(y),
             "acc": (self.predict(out.detach()) == y).sum().float(),
         }
+
+    def job_scores(self, out, y, x):
+        """With the default loss, computed for all jobs at once (the stacked course grids)."""
+        if not self.default_loss:
+            return super().job_scores(out, y, x)
+        if self.binary:
+            logit = out.squeeze(-1)
+            each = F.binary_cross_entropy_with_logits(logit, y.to(out.dtype), reduction="none")
+            predicted = (logit > 0).long()
+        else:
+            each = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
+            predicted = out.argmax(-1)
+        loss = each.mean(1)
+        sums = {
+            "loss": loss.detach().float() * y.shape[1],
+            "acc": (predicted.detach() == y).sum(1).float(),
+        }
+        return loss, sums
 
     def probabilities(self, out: torch.Tensor) -> torch.Tensor:
         """(N, C) class probabilities (two columns for one logit)."""
