@@ -115,3 +115,18 @@ def test_classifier_starts_from_the_encoder_and_frozen_layers_stay(env, tmp_path
 def test_pretrain_experiment_without_init_from_says_what_is_missing(env, tmp_path):
     with pytest.raises(Exception, match=r"model\.init_from must be given"):
         train(make_cfg("experiment=ae_pretrain_classify"), tmp_path)
+
+
+def test_conv_autoencoder_output_layer_is_the_configured_one(env, tmp_path):
+    # The default mirrors the course's: LeakyReLU, a linear output (a sigmoid output saturates
+    # at 0 on mostly black digits and never learns); model.output chooses another.
+    model = build(make_cfg("model=cnn_autoencoder", "data=mnist"), torch.device("cpu"))[2]
+    assert isinstance(model.decoder[-1], torch.nn.Identity)
+    assert isinstance(model.decoder[1], torch.nn.LeakyReLU)
+    cfg = make_cfg("model=cnn_autoencoder", "data=mnist", "model.output=sigmoid")
+    assert isinstance(build(cfg, torch.device("cpu"))[2].decoder[-1], torch.nn.Sigmoid)
+    with pytest.raises(Exception, match=r"model.output='soft' is not known; use one of relu"):
+        build(
+            make_cfg("model=cnn_autoencoder", "data=mnist", "model.output=soft"),
+            torch.device("cpu"),
+        )

@@ -210,3 +210,15 @@ def test_binary_classification_reports_roc_auc(env, tmp_path):
     metrics = train(make_cfg("data=qwerties", "trainer.epochs=5"), run_dir=tmp_path)
     assert 0.5 < metrics["test/roc_auc"] <= 1.0
     assert set(k for k in metrics if k.startswith("test/f1/")) == {"test/f1/blob0", "test/f1/blob1"}
+
+
+def test_a_linear_activation_makes_the_mlp_an_affine_map(env, tmp_path):
+    from dlexp.run import load_run
+
+    train(make_cfg("model.activation=linear", "trainer.epochs=1"), run_dir=tmp_path)
+    model = load_run(tmp_path).model.eval()
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    zero = model(torch.zeros(5, 4))
+    with torch.no_grad():  # f(a + b) - f(0) == (f(a) - f(0)) + (f(b) - f(0))
+        torch.testing.assert_close(model(a + b) - zero, model(a) - zero + model(b) - zero)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())

@@ -97,6 +97,7 @@ class ConvAutoencoder(nn.Module):
         batch_norm: bool = False,
         init: str = "default",
         init_std: float = 0.01,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         require_images(input_shape, "cnn_autoencoder", "model=autoencoder")
@@ -132,7 +133,10 @@ class ConvAutoencoder(nn.Module):
             layers.append(
                 nn.ConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=extra)
             )
-            layers.append(make_activation(activation) if i else nn.Sigmoid())
+            last = i == 0
+            layers.append(
+                make_activation(output, "model.output") if last else make_activation(activation)
+            )
         self.decoder = nn.Sequential(*layers)
         init_weights(self, init, init_std)
 

@@ -14,15 +14,14 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
     "elu": nn.ELU,
+    "linear": nn.Identity,  # no non-linearity (the course's "linear problem" experiment)
 }
 INITS = ("default", "xavier", "kaiming", "normal")
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, key: str = "model.activation") -> nn.Module:
     if name not in ACTIVATIONS:
-        raise DlexpError(
-            f"model.activation={name!r} is not known; use one of {', '.join(ACTIVATIONS)}."
-        )
+        raise DlexpError(f"{key}={name!r} is not known; use one of {', '.join(ACTIVATIONS)}.")
     return ACTIVATIONS[name]()
 
 
