@@ -263,6 +263,7 @@ class StackedGroup:
             for n in self.names
         }
         self.weights = [n for n in self.names if n.endswith("weight")]  # what L1 applies to
+        self.n_weights = sum(self.params[n][0].numel() for n in self.weights)
         self.layers = [(n, m) for n, m in template.named_modules() if not list(m.children())]
         self.splits = {
             split: (
@@ -356,9 +357,9 @@ class StackedGroup:
                 out = self.forward(xb)
                 loss, batch_sums = self.task.job_scores(out, yb, xb)
                 total = loss
-                if self.l1.any():
+                if self.l1.any():  # l1 x the mean absolute weight, as Trainer adds it
                     reg = sum(self.params[w].abs().flatten(1).sum(1) for w in self.weights)
-                    total = loss + self.l1 * reg
+                    total = loss + self.l1 * reg / self.n_weights
             total.sum().backward()
             self.optimizer.step()
             for p in self.params.values():

@@ -254,7 +254,8 @@ class Trainer:
         for key, opt in optimizers.items():
             params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             weights = [p for p in params if names.get(id(p), "").endswith("weight")]
-            self._params[key] = {"all": params, "weights": weights}
+            count = max(1, sum(w.numel() for w in weights))
+            self._params[key] = {"all": params, "weights": weights, "count": count}
         self._l1, self._clip = float(cfg.l1), cfg.grad_clip
         optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
         step_model = model
@@ -366,7 +367,7 @@ class Trainer:
 
     def _optimizer_step(self, key: str, compute) -> torch.Tensor:
         """The one way any task's loss becomes an update of optimizer `key`: autocast, the L1
-        term, scaled backward, gradient clipping of that optimizer's parameters, the step."""
+        term (the course's: l1 x the mean absolute weight), scaled backward, gradient clipping of that optimizer's parameters, the step."""
         optimizer = self.optimizers[key]
         params = self._params[key]
         l1, clip = self._l1, self._clip
@@ -376,7 +377,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss = compute()
-                total = loss + l1 * sum(w.abs().sum() for w in params["weights"]) if l1 else loss
+                # The course's L1 term: l1 x the mean absolute weight (biases excluded).
+                mean_abs = sum(w.abs().sum() for w in params["weights"]) / params["count"]
+                total = loss + l1 * mean_abs if l1 else loss
             self.scaler.scale(total).backward()
             losses.append(loss.detach())
             if clip and not self.scaler.is_enabled():

@@ -9,11 +9,12 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_cfg, read_scalars
+from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import config_dir
 from dlexp.data import Data, DataMeta, Split
 from dlexp.distributed import NullWriter
 from dlexp.tasks.base import Task
-from dlexp.train import train
+from dlexp.train import build, train
 from dlexp.trainer import Trainer
 
 
@@ -69,12 +70,14 @@ def fit(task, tmp_path, *overrides: str, lr: float = 0.1):
 
 
 def test_every_optimizer_gets_the_l1_term_on_weights_only(tmp_path):
-    # The task's loss is 0, so one SGD step (lr 0.1) moves each weight by exactly lr * l1 * sign.
+    # The task's loss is 0, so one SGD step (lr 0.1) moves each weight by exactly
+    # lr * l1 * sign / n, n the weights that optimizer updates (l1 x their mean |w|).
     _, start, end = fit(
         TwoStepTask(zero=True), tmp_path, "l1=0.5", "epochs=1", "max_steps_per_epoch=1"
     )
     for net in ("a", "b"):
-        expected = start[f"{net}.weight"] - 0.1 * 0.5 * start[f"{net}.weight"].sign()
+        n = start[f"{net}.weight"].numel()
+        expected = start[f"{net}.weight"] - 0.1 * 0.5 * start[f"{net}.weight"].sign() / n
         assert torch.allclose(end[f"{net}.weight"], expected)
         assert torch.equal(end[f"{net}.bias"], start[f"{net}.bias"])  # no L1 on biases
 
@@ -146,3 +149,19 @@ def test_precision_fast_uses_bf16_where_the_cpu_has_it_and_says_so(
     assert f"precision {precision}: {chosen} (cpu" in caplog.text
     if precision == "auto" and native:  # auto keeps the course's fp32 and says what would help
         assert "trainer.precision=fast uses it" in caplog.text
+
+
+def test_l1_adds_the_course_term_l1_times_the_mean_absolute_weight(env, tmp_path):
+    # One SGD step (lr 1) from the same start with and without L1: the weights differ by
+    # l1 x sign(w) / (number of weights), the biases not at all (DUDL_regular_L1regu).
+    args = ["optimizer=sgd", "optimizer.lr=1", "trainer.epochs=1", "trainer.max_steps_per_epoch=1"]
+    plain = train(make_cfg(*args), run_dir=tmp_path / "plain")
+    penalised = train(make_cfg(*args, "trainer.l1=0.5"), run_dir=tmp_path / "l1")
+    a = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "l1" / "checkpoints" / "last.pt")["model"]
+    start = build(make_cfg(*args), torch.device("cpu"))[2].state_dict()  # the runs' start
+    n = sum(v.numel() for k, v in a.items() if k.endswith("weight"))
+    assert plain["steps"] == penalised["steps"] == 1 and n == 4 * 64 + 64 * 64 + 64 * 3
+    for k in a:
+        expected = -0.5 * start[k].sign() / n if k.endswith("weight") else torch.zeros_like(a[k])
+        torch.testing.assert_close(b[k] - a[k], expected, atol=1e-6, rtol=0)
