@@ -107,9 +107,62 @@ def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> l
     )
     _print_table(sweep, rows, keys, metric, best)
     _write_csv(sweep / "summary.csv", rows, keys)
+    settings = aggregate(done, keys, metric)
+    if settings is not None:
+        _print_settings(settings, metric, higher)
+        _write_settings_csv(sweep / "summary_by_setting.csv", settings, metric)
     if plot and keys and done:
-        _plot(sweep / "summary.png", done, keys, metric)
+        _plot(sweep / "summary.png", done, keys, metric, settings)
     return rows
+
+
+def aggregate(rows: list[dict[str, Any]], keys: list[str], metric: str) -> list[dict] | None:
+    """Repeated runs of a setting (a swept `seed`, or jobs with the same overrides): per
+    setting of the other swept keys, n and the metric's mean and standard deviation, as the
+    course averages its repetitions. None when no setting was run more than once."""
+    setting_keys = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(tuple(str(r["overrides"].get(k)) for k in setting_keys), []).append(
+            r[metric]
+        )
+    if all(len(v) == 1 for v in groups.values()):
+        return None
+    settings = []
+    for key, values in groups.items():
+        n = len(values)
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+        settings.append(
+            {"overrides": dict(zip(setting_keys, key, strict=True)), "n": n, "mean": mean, "sd": sd}
+        )
+    return settings
+
+
+def _print_settings(settings: list[dict], metric: str, higher: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = list(settings[0]["overrides"])
+    ordered = sorted(settings, key=lambda s: -s["mean"] if higher else s["mean"])
+    table = Table(title=f"{metric}: mean and standard deviation over repeated runs (n)")
+    for key in keys:
+        table.add_column(key)
+    for name in (f"mean {metric}", "sd", "n"):
+        table.add_column(name, justify="right")
+    for s in ordered[:SHOWN_ROWS]:
+        cells = [str(s["overrides"][k]) for k in keys]
+        table.add_row(*cells, f"{s['mean']:.4f}", f"{s['sd']:.4f}", str(s["n"]))
+    Console().print(table)
+
+
+def _write_settings_csv(path: Path, settings: list[dict], metric: str) -> None:
+    keys = list(settings[0]["overrides"])
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*keys, "n", f"mean {metric}", f"sd {metric}"])
+        for s in settings:
+            writer.writerow([*(s["overrides"][k] for k in keys), s["n"], s["mean"], s["sd"]])
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -173,36 +226,52 @@ def _write_csv(path: Path, rows, keys) -> None:
             )
 
 
-def _plot(path: Path, rows, keys, metric: str) -> None:
-    """The metric against the first swept key, one line per value of the second (the course's plots)."""
+def _plot(path: Path, rows, keys, metric: str, settings: list[dict] | None = None) -> None:
+    """The metric against the first swept key, one line per value of the second (the course's
+    plots); repeated runs as their mean with a standard-deviation bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if settings is not None and settings[0]["overrides"]:  # one point per setting
+        keys = list(settings[0]["overrides"])
+        rows = [{"overrides": s["overrides"], metric: s["mean"], "sd": s["sd"]} for s in settings]
     x_key, line_key = keys[0], keys[1] if len(keys) > 1 else None
-    groups: dict[str, list[tuple[Any, float]]] = {}
+    groups: dict[str, list[tuple[Any, float, float]]] = {}
     for r in rows:
         label = f"{line_key}={r['overrides'].get(line_key)}" if line_key else metric
-        groups.setdefault(label, []).append((_value(r["overrides"].get(x_key, "")), r[metric]))
+        x = _value(r["overrides"].get(x_key, ""))
+        groups.setdefault(label, []).append((x, r[metric], r.get("sd", 0.0)))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     numeric = all(
         isinstance(x, int | float) and not isinstance(x, bool)
         for g in groups.values()
-        for x, _ in g
+        for x, *_ in g
     )
     for label, points in groups.items():
-        if numeric:
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
-        else:  # categories (sgd, adam, ...): points, no line joining unrelated settings
-            ax.plot([str(p[0]) for p in points], [p[1] for p in points], "o", label=label)
-    xs = [x for g in groups.values() for x, _ in g]
+        points.sort(key=lambda p: p[0] if numeric else str(p[0]))
+        xs = [p[0] if numeric else str(p[0]) for p in points]
+        style = "o-" if numeric else "o"  # categories (sgd, adam, ...): no joining line
+        if any(p[2] for p in points):
+            ax.errorbar(
+                xs,
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                fmt=style,
+                capsize=3,
+                label=label,
+            )
+        else:
+            ax.plot(xs, [p[1] for p in points], style, label=label)
+    xs = [x for g in groups.values() for x, _, _ in g]
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
         ax.set_xscale("log")
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by {x_key}" + (f" and {line_key}" if line_key else ""))
+    counts = "/".join(str(n) for n in sorted({s["n"] for s in settings or []}))
+    repeats = f" (mean ± sd of {counts} runs)" if settings else ""
+    ax.set_title(f"{metric} by {x_key}" + (f" and {line_key}" if line_key else "") + repeats)
     ax.grid(alpha=0.3)
     if line_key:
         ax.legend()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,36 @@ def test_a_sweep_says_which_job_of_how_many_and_the_time_left(env, capsys):
     lines = [line for line in err.splitlines() if "sweep job" in line]
     assert lines[0] == "dlexp: sweep job 1 of 3"
     assert lines[2].startswith("dlexp: sweep job 3 of 3, about ") and lines[2].endswith(" s left")
+
+
+def test_report_aggregates_repeated_runs_by_setting(env, tmp_path, capsys):
+    # A sweep over seeds: per learning rate, n, mean and sd of the metric (the course's
+    # repeated experiments), in the printed table, summary_by_setting.csv and the plot.
+    main(
+        [
+            "train",
+            "-m",
+            "experiment=ann_lr_sweep",
+            "optimizer.lr=0.01,0.1",
+            "seed=0,1,2",
+            "trainer.epochs=5",
+            "trainer.progress=none",
+        ]
+    )
+    sweep = only_sweep(env)
+    capsys.readouterr()
+    main(["report", str(sweep), "metric=val/loss"])
+    out = capsys.readouterr().out
+    assert "mean and standard deviation over repeated runs" in out
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    settings = {
+        r["optimizer.lr"]: r for r in csv.DictReader((sweep / "summary_by_setting.csv").open())
+    }
+    assert set(settings) == {"0.01", "0.1"}
+    for lr, s in settings.items():
+        values = [float(r["val/loss"]) for r in rows if r["optimizer.lr"] == lr]
+        assert int(s["n"]) == len(values) == 3
+        assert float(s["mean val/loss"]) == pytest.approx(statistics.mean(values))
+        assert float(s["sd val/loss"]) == pytest.approx(statistics.stdev(values))
+        assert f"{statistics.mean(values):.4f}" in out
+    assert (sweep / "summary.png").is_file()
