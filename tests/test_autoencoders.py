@@ -130,3 +130,34 @@ def test_conv_autoencoder_output_layer_is_the_configured_one(env, tmp_path):
             make_cfg("model=cnn_autoencoder", "data=mnist", "model.output=soft"),
             torch.device("cpu"),
         )
+
+
+def test_gaussian_blobs_are_the_courses_images(env):
+    from dlexp.data import load_data
+
+    data = load_data(make_cfg("data=gaussian_blobs", "data.source.n=50").data, seed=3)
+    x = data.train.x
+    assert x.dtype == torch.float32 and x.shape[1:] == (1, 91, 91)
+    assert len(data.train) + len(data.test) == 50 and len(data.test) == 5
+    # every image has its occluding bar: a full row or column of exactly 1
+    rows = (x[:, 0] == 1).all(2).any(1)
+    cols = (x[:, 0] == 1).all(1).any(1)
+    assert (rows | cols).all()
+    assert torch.equal(data.prepare(x[:2]), x[:2])  # float images are used as they are
+
+
+@pytest.mark.parametrize("size", [91, 28])
+def test_pooled_conv_autoencoder_restores_the_input_size(size):
+    blocks = [{"channels": 6, "kernel": 3, "padding": 1, "stride": 1, "pool": "max"}] * 2
+    model = ConvAutoencoder((1, size, size), blocks=blocks, activation="relu")
+    assert model(torch.zeros(2, 1, size, size)).shape == (2, 1, size, size)
+    kernels = [m.kernel_size for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert kernels == ([(3, 3)] * 2 if size == 91 else [(2, 2)] * 2)  # 22->45->91; 7->14->28
+
+
+def test_gaussian_autoencoder_trains_and_draws_its_reconstructions(env, tmp_path):
+    cfg = make_cfg("experiment=ae_gauss", "data.source.n=64", "trainer.epochs=3")
+    metrics = train(cfg, run_dir=tmp_path)
+    assert metrics["status"] == "completed" and metrics["test/mse"] > 0
+    picture = Image.open(tmp_path / "reconstructions.png")
+    assert picture.size[1] > 2 * 91  # input and output rows of 91-pixel images

@@ -97,8 +97,9 @@ class Data:
             yield self.prepare(x, train), y
 
     def prepare(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 images -> normalised float (plus augmentation when training); features pass."""
-        if self.meta.kind != "image":
+        """uint8 images -> normalised float (plus augmentation when training); features, and
+        float images (generated ones, in the model's units already), pass."""
+        if self.meta.kind != "image" or x.is_floating_point():
             return x
         shift, scale = self._normaliser(x.device)
         x = torch.addcmul(shift, x, scale)  # (x / 255 - mean) / std in one fused op
@@ -161,12 +162,13 @@ def _split(
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks to bound memory."""
+    """Per-channel mean and std of uint8 images in [0, 1] units (float images: as they are),
+    in chunks to bound memory."""
     c = x.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for chunk in x.split(4096):
-        chunk = chunk.to(torch.float64).div_(255)
+        chunk = chunk.to(torch.float64) if x.is_floating_point() else chunk.double().div_(255)
         total += chunk.sum(dim=(0, 2, 3))
         total_sq += chunk.pow(2).sum(dim=(0, 2, 3))
     count = x.shape[0] * x.shape[2] * x.shape[3]

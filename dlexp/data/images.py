@@ -238,3 +238,39 @@ def stl10(root: str, download: bool = False) -> Raw:
     classes = list(getattr(train, "classes", None) or STL10_CLASSES)
     meta = DataMeta("stl10", "image", (3, 96, 96), 10, classes)
     return Raw(split(train, "train"), split(test, "test"), meta)
+
+
+def gaussian_blobs(
+    n: int = 1000,
+    size: int = 91,
+    widths: tuple[float, float] = (2.0, 20.0),
+    offset: float = 1.5,
+    noise: float = 0.2,
+    bars: bool = True,
+    seed: int = 0,
+) -> Raw:
+    """The course's generated images (DUDL_CNN_GaussAE): a 2-D Gaussian on a grid over
+    [-4, 4], exp(-((X-a)^2 + (Y-b)^2) / w) with w from `widths` (evenly spaced over the n
+    images) and a random centre (a, b) ~ N(0, offset^2), plus N(0, noise^2) pixel noise and,
+    with `bars`, one occluding bar of value 1 (2-5 pixels wide, across or down, at 2..27).
+    Float images (1, size, size), used as they are (no uint8 scaling); no classes."""
+    gen = torch.Generator().manual_seed(seed)
+    axis = torch.linspace(-4, 4, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    w = torch.linspace(widths[0], widths[1], n).view(n, 1, 1)
+    centre = offset * torch.randn(n, 2, 1, 1, generator=gen)
+    images = torch.exp(-((xx - centre[:, 0]) ** 2 + (yy - centre[:, 1]) ** 2) / w)
+    images = images + noise * torch.randn(images.shape, generator=gen)
+    if bars:
+        start = torch.randint(2, 28, (n,), generator=gen)
+        width = torch.randint(2, 6, (n,), generator=gen)
+        across = torch.rand(n, generator=gen) > 0.5
+        for i in range(n):
+            band = slice(int(start[i]), int(start[i] + width[i]))
+            if across[i]:
+                images[i, band, :] = 1.0
+            else:
+                images[i, :, band] = 1.0
+    x = images.unsqueeze(1).float()
+    return Raw(Split(x, torch.zeros(n, dtype=torch.long)), None,
+               DataMeta("gaussian_blobs", "image", (1, size, size), 0))

@@ -84,6 +84,7 @@ class ConvAutoencoder(nn.Module):
     """Conv encoder blocks, then ConvTranspose2d layers that retrace them back to the input size.
 
     Course default (CIFAR-10): 3-16-32-64 channels, kernel 4, stride 2, padding 1, and back.
+    Blocks may pool instead of striding (pool: max or avg), as the course's Gaussian one does.
     Each transposed layer's output_padding is chosen so that it restores the exact size its
     mirror image had (28 -> 14 -> 7 -> 3 comes back as 3 -> 7 -> 14 -> 28).
     """
@@ -120,9 +121,17 @@ class ConvAutoencoder(nn.Module):
             (c_out, *out_hw), (c_in, *in_hw) = sizes[i], sizes[i + 1]
             k, s, p = spec.get("kernel", 4), spec.get("stride", 2), spec.get("padding", 1)
             if spec.get("pool"):
-                raise DlexpError(
-                    "model.blocks of cnn_autoencoder use strided convolutions; set pool: null."
-                )
+                # A pooled block (the course's Gaussian autoencoder: conv, ReLU, max-pool) is
+                # undone by a transposed convolution with the pool's stride and the kernel that
+                # restores its size exactly (22 -> 45: kernel 3, stride 2).
+                s = spec.get("pool_size", 2)
+                k, p = out_hw[0] - (in_hw[0] - 1) * s, 0
+                if out_hw[1] - (in_hw[1] - 1) * s != k or not s <= k <= 2 * s:
+                    raise DlexpError(
+                        f"model.blocks[{i}] pools {out_hw[0]}x{out_hw[1]} to {in_hw[0]}x{in_hw[1]}, "
+                        "which one transposed convolution cannot undo; keep the conv's padding "
+                        "at kernel // 2 (same size) and use square images."
+                    )
             extra = tuple(o - ((n - 1) * s - 2 * p + k) for o, n in zip(out_hw, in_hw, strict=True))
             if not all(0 <= e < max(s, 1) for e in extra):
                 raise DlexpError(

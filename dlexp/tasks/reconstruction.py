@@ -11,6 +11,14 @@ from torch import nn
 from dlexp.tasks.base import Task
 
 
+def shown(x: torch.Tensor, data) -> torch.Tensor:
+    """Images for display in [0, 1]: uint8-based ones as prepared (data.normalize=unit), float
+    ones (generated, about -1..1) mapped from [-1, 1], as the course plots them."""
+    if data.test.x.is_floating_point():
+        x = (x + 1) / 2
+    return x.clamp(0, 1)
+
+
 class Reconstruction(Task):
     monitor = "loss"
 
@@ -81,7 +89,7 @@ class Reconstruction(Task):
         inputs, clean = self.prepare(x, None, train=False)
         out = model(inputs).float().view_as(clean)
         rows = [clean, inputs, out] if self.corrupts else [clean, out]
-        return make_grid(torch.cat(rows).clamp(0, 1).cpu(), nrow=len(clean), pad_value=1.0)
+        return make_grid(shown(torch.cat(rows), data).cpu(), nrow=len(clean), pad_value=1.0)
 
     def epoch_report(self, writer, model, data, step):
         if data.meta.kind == "image":
@@ -102,7 +110,7 @@ class Reconstruction(Task):
         writer.add_embedding(
             codes.cpu(),
             metadata=labels.tolist(),
-            label_img=x.clamp(0, 1).cpu(),
+            label_img=shown(x, data).cpu(),
             global_step=step,
             tag="latent",
         )
