@@ -117,10 +117,11 @@ def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> l
 
 
 def aggregate(rows: list[dict[str, Any]], keys: list[str], metric: str) -> list[dict] | None:
-    """Repeated runs of a setting (a swept `seed`, or jobs with the same overrides): per
+    """Repeated runs of a setting (a swept `seed` or `data.fold`, or jobs with the same
+    overrides): per
     setting of the other swept keys, n and the metric's mean and standard deviation, as the
     course averages its repetitions. None when no setting was run more than once."""
-    setting_keys = [k for k in keys if k != "seed"]
+    setting_keys = [k for k in keys if k not in REPEATS]
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault(tuple(str(r["overrides"].get(k)) for k in setting_keys), []).append(
@@ -175,6 +176,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 SHOWN_ROWS = 40
+REPEATS = ("seed", "data.fold")  # swept keys that repeat a setting rather than change it
 
 
 def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:

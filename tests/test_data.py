@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -159,3 +162,52 @@ def test_wine_ships_and_is_prepared_as_the_course_does(target, extra, classes, e
 def test_an_unknown_wine_target_names_the_choices(env, capsys):
     code, _, err = cli(capsys, "train", "data=wine", "data.source.target=colour")
     assert code == 2 and "quality_binary" in err and "residual sugar" in err
+
+
+def test_k_fold_validation_splits_partition_the_training_data(env):
+    from dlexp.data import load_data
+
+    def rows(split):
+        return {tuple(r) for r in split.x.tolist()}
+
+    # (raw features: standardising uses each fold's own training statistics)
+    cfgs = [make_cfg("data.folds=5", f"data.fold={i}", "data.standardize=false") for i in range(5)]
+    folds = [load_data(cfg.data, seed=7) for cfg in cfgs]
+    tests = [rows(d.test) for d in folds]
+    assert all(t == tests[0] for t in tests)  # the test split is the same for every fold
+    vals = [rows(d.val) for d in folds]
+    every = rows(folds[0].train) | vals[0]
+    assert sum(len(v) for v in vals) == len(every) == 120  # Iris after its 20% test split
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1 :])  # disjoint
+    assert set().union(*vals) == every
+    for d, v in zip(folds, vals, strict=True):
+        assert not rows(d.train) & v and len(d.val) == 24
+        assert sorted(d.val.y.tolist()).count(0) == 8  # stratified: 8 of each class
+
+
+def test_a_k_fold_sweep_reports_mean_and_sd_over_the_folds(env, capsys):
+    from dlexp.cli import main
+
+    main(
+        [
+            "train",
+            "-m",
+            "data=iris",
+            "data.folds=3",
+            "data.fold=range(3)",
+            "trainer.epochs=2",
+            "trainer.progress=none",
+        ]
+    )
+    (sweep,) = (Path(env["DLEXP_OUTPUTS"]) / "sweeps").iterdir()
+    out = capsys.readouterr().out
+    assert "mean val/acc" in out
+    (row,) = list(csv.DictReader((sweep / "summary_by_setting.csv").open()))
+    assert row["n"] == "3" and 0 <= float(row["mean val/acc"]) <= 1
+
+
+def test_a_fold_outside_the_folds_is_one_paragraph(env, capsys):
+    from conftest import cli
+
+    code, _, err = cli(capsys, "train", "data.folds=3", "data.fold=3", "trainer.epochs=1")
+    assert code == 2 and "data.fold=3 is not a fold of data.folds=3; use 0 to 2." in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -161,6 +162,24 @@ def _split(
     return keep[torch.randperm(len(keep), generator=gen)], hold
 
 
+def _fold(y: torch.Tensor, folds: int, fold: int, seed: int, stratified: bool):
+    """k-fold cross-validation (scikit-learn's splitters, stratified for classes): the
+    training indices and those of validation fold `fold`. The folds depend on the seed alone,
+    so a sweep over data.fold partitions the same training data."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if not 0 <= fold < folds:
+        raise DlexpError(f"data.fold={fold} is not a fold of data.folds={folds}; use 0 to {folds - 1}.")
+    kind = StratifiedKFold if stratified else KFold
+    splitter = kind(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    labels = y.numpy() if stratified else None
+    try:
+        keep, hold = list(splitter.split(np.zeros(len(y)), labels))[fold]
+    except ValueError as err:  # fewer samples (of a class) than folds
+        raise DlexpError(f"data.folds={folds} cannot split this training data: {err}") from err
+    return torch.from_numpy(keep), torch.from_numpy(hold)
+
+
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in [0, 1] units (float images: as they are),
     in chunks to bound memory."""
@@ -261,7 +280,10 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         _check_fraction("test_fraction", cfg.test_fraction)
         keep, hold = _split(train.y, cfg.test_fraction, seed, classify)
         train, test = train.take(keep), train.take(hold)
-    keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
+    if cfg.get("folds"):
+        keep, hold = _fold(train.y, int(cfg.folds), int(cfg.get("fold", 0)), seed, classify)
+    else:
+        keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
     train, val = train.take(keep), train.take(hold)
 
     if cfg.get("subset"):
