@@ -294,6 +294,9 @@ class Trainer:
             log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
         loop = self.loop
+        # The task's images (reconstructions, samples) about 50 times a run at most: every epoch
+        # of a 1,000-epoch run would write hundreds of megabytes of pictures.
+        report_every = cfg.report_every_epochs or max(1, cfg.epochs // 50)
         self.lr = optimizer.param_groups[0]["lr"]
         self._saved_at, self._best = time.monotonic(), None
         shown = cfg.progress if self.dist.main else "none"
@@ -318,7 +321,8 @@ class Trainer:
                 if epoch == 1 or (resume is not None and epoch == loop.epoch + 1):
                     layout(self.writer, metrics)
                 metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
-                self._report(task.epoch_report, model, data)
+                if epoch % report_every == 0 or epoch == cfg.epochs:
+                    self._report(task.epoch_report, model, data)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
                 progress.end_epoch(epoch, metrics, seconds)

@@ -161,3 +161,15 @@ def test_gaussian_autoencoder_trains_and_draws_its_reconstructions(env, tmp_path
     assert metrics["status"] == "completed" and metrics["test/mse"] > 0
     picture = Image.open(tmp_path / "reconstructions.png")
     assert picture.size[1] > 2 * 91  # input and output rows of 91-pixel images
+
+
+def test_reconstructions_are_logged_about_50_times_a_run(env, tmp_path):
+    # every epoch of a 1,000-epoch run would be hundreds of MB of pictures
+    cfg = make_cfg("experiment=ae_gauss", "data.source.n=40", "trainer.epochs=100")
+    train(cfg, run_dir=tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Images("reconstructions")]
+    assert steps == list(range(2, 101, 2))  # every 2nd epoch (one step each): 50 pictures
