@@ -57,6 +57,7 @@ BOOLEAN_KEYS = (
     "trainer.checkpoint",
     "trainer.eval_before",
     "trainer.test_every_epoch",
+    "trainer.log_weights",
     "trainer.overwrite",
     "data.download",
     "data.cache",

@@ -101,6 +101,7 @@ def why_not_stacked(cfg: DictConfig) -> str | None:
             "it checkpoints mid-epoch",
         ),
         (trainer.resume is not None, "it resumes another run"),
+        (bool(trainer.get("log_weights")), "trainer.log_weights looks inside each model"),
         (bool(cfg.data.get("augment")), "augmentation is random per sample"),
     ]
     return next((reason for failed, reason in checks if failed), None)

@@ -29,6 +29,7 @@ from torch import nn
 
 from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
 from dlexp.data import Data, Split
+from dlexp.diagnostics import WeightLog
 from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
@@ -297,6 +298,7 @@ class Trainer:
         # The task's images (reconstructions, samples) about 50 times a run at most: every epoch
         # of a 1,000-epoch run would write hundreds of megabytes of pictures.
         report_every = cfg.report_every_epochs or max(1, cfg.epochs // 50)
+        weight_log = WeightLog() if cfg.log_weights else None
         self.lr = optimizer.param_groups[0]["lr"]
         self._saved_at, self._best = time.monotonic(), None
         shown = cfg.progress if self.dist.main else "none"
@@ -323,6 +325,8 @@ class Trainer:
                 metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
                 if epoch % report_every == 0 or epoch == cfg.epochs:
                     self._report(task.epoch_report, model, data)
+                if weight_log is not None and self.dist.main:
+                    weight_log.log(self.writer, model, data, loop.step)
                 if scheduler is not None and scheduler_interval == "epoch":
                     scheduler.step()
                 progress.end_epoch(epoch, metrics, seconds)

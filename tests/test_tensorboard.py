@@ -12,7 +12,9 @@ import urllib.request
 
 import pytest
 
+from conftest import make_cfg
 from dlexp.cli import main
+from dlexp.train import train
 
 
 def free_port() -> int:
@@ -87,3 +89,29 @@ def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(ser
     assert types["optimizer.lr"] == "DATA_TYPE_FLOAT64" and types["optimizer"] == "DATA_TYPE_STRING"
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"val/acc", "val/loss", "test/acc", "train/loss"} <= metrics
+
+
+def test_log_weights_writes_histograms_weight_changes_kernels_and_feature_maps(env, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(
+        "model=cnn",
+        "data=mnist",
+        "trainer.epochs=2",
+        "trainer.max_steps_per_epoch=2",
+        "trainer.log_weights=true",
+    )
+    train(cfg, run_dir=tmp_path)
+    acc = EventAccumulator(
+        str(tmp_path), size_guidance={"histograms": 0, "images": 0, "scalars": 0}
+    )
+    acc.Reload()
+    tags = acc.Tags()
+    first = next(t for t in tags["histograms"] if t.startswith("weights/"))
+    assert len(acc.Histograms(first)) == 2  # one per epoch
+    assert any(t.startswith("grads/") for t in tags["histograms"])
+    changes = [t for t in tags["scalars"] if t.startswith("weight_change/")]
+    assert changes and len(acc.Scalars(changes[0])) == 1  # from the second epoch on
+    assert all(e.value > 0 for t in changes for e in acc.Scalars(t))  # training moved them
+    assert any(t.startswith("grad_norm/") for t in tags["scalars"])
+    assert {"kernels/first_conv", "feature_maps/first_conv"} <= set(tags["images"])
