@@ -41,9 +41,11 @@ class WeightLog:
 
         kernels = conv.weight.detach().float().cpu()  # (out, in, k, k): one tile per (out, in)
         tiles = kernels.flatten(0, 1).unsqueeze(1)
-        writer.add_image(
-            "kernels/first_conv", make_grid(_unit(tiles), nrow=kernels.shape[1], pad_value=1), step
-        )
+        scale = max(1, 24 // tiles.shape[-1])  # 5x5 kernels drawn 20x20: visible in TensorBoard
+        tiles = nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest")
+        per_row = kernels.shape[1] if kernels.shape[1] > 1 else 8  # a row per output channel
+        grid = make_grid(_unit(tiles), nrow=per_row, pad_value=1)
+        writer.add_image("kernels/first_conv", grid, step)
         seen = []
         handle = conv.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
         try:
