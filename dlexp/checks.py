@@ -102,6 +102,10 @@ RULES: dict[str, Rule] = {
         "the fraction of samples held out: at least 0 and below 1, e.g. 0.2",
     ),
     "trainer.report_every_epochs": Rule(_int(1), "a whole number of epochs >= 1, or null", True),
+    "data.balance": Rule(
+        _one_of("none", "oversample", "undersample", "smote", "class_weight"),
+        "none, oversample, undersample, smote or class_weight",
+    ),
     "data.folds": Rule(_int(2), "a whole number of folds >= 2, or null for none", True),
     "data.fold": Rule(_int(0), "a fold number from 0 to data.folds - 1, e.g. data.fold=0"),
     "data.subset": Rule(_int(1), "a whole number of samples >= 1, or null for all", True),

@@ -211,3 +211,38 @@ def test_a_fold_outside_the_folds_is_one_paragraph(env, capsys):
 
     code, _, err = cli(capsys, "train", "data.folds=3", "data.fold=3", "trainer.epochs=1")
     assert code == 2 and "data.fold=3 is not a fold of data.folds=3; use 0 to 2." in err
+
+
+@pytest.mark.parametrize("how", ["oversample", "undersample", "smote"])
+def test_balance_resamples_the_training_split_only(env, how):
+    base = make_cfg("data=wine", "data.source.threshold=4")  # ~4% of the wines are <= 4
+    plain = load_data(base.data, seed=1)
+    fixed = load_data(
+        make_cfg("data=wine", "data.source.threshold=4", f"data.balance={how}").data, seed=1
+    )
+    before = torch.bincount(plain.train.y).tolist()
+    after = torch.bincount(fixed.train.y).tolist()
+    assert before[0] < before[1] / 10 and after[0] == after[1]
+    assert after[0] == (before[0] if how == "undersample" else before[1])
+    for split in ("val", "test"):  # byte for byte what balance=none gives
+        a, b = getattr(plain, split), getattr(fixed, split)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_class_weight_weights_the_loss_and_changes_per_class_recall(env, tmp_path):
+    args = ["data=wine", "data.source.threshold=4", "trainer.epochs=3", "model.hidden=[16]"]
+    plain = train(make_cfg(*args), run_dir=tmp_path / "none")
+    weighted = train(make_cfg(*args, "data.balance=class_weight"), run_dir=tmp_path / "w")
+    data = load_data(make_cfg(*args, "data.balance=class_weight").data, seed=42)
+    n0, n1 = torch.bincount(data.train.y).tolist()
+    w0, w1 = data.meta.class_weights
+    assert w0 == pytest.approx((n0 + n1) / (2 * n0)) and w1 == pytest.approx((n0 + n1) / (2 * n1))
+    rare = "test/recall/quality <= 4"
+    assert plain[rare] < weighted[rare]  # the rare class is found more often
+
+
+def test_smote_on_images_and_balance_without_classes_are_one_paragraph(env):
+    with pytest.raises(DlexpError, match=r"data\.balance=smote synthesises feature vectors"):
+        load_data(make_cfg("data=mnist", "data.balance=smote").data, seed=0)
+    with pytest.raises(DlexpError, match=r"data\.balance=oversample needs classes"):
+        load_data(make_cfg("data=regression", "data.balance=oversample").data, seed=0)

@@ -23,6 +23,7 @@ class DataMeta:
     # Per-channel statistics of the training images in [0, 1] units (images only).
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    class_weights: tuple[float, ...] = ()  # data.balance=class_weight: the loss's class weights
 
 
 @dataclass
@@ -292,6 +293,10 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
             s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
         )
 
+    if cfg.get("balance", "none") != "none":  # the training split only
+        from dlexp.data.balance import rebalance
+
+        train = rebalance(train, meta, str(cfg.balance), seed)
     _check_enough(train, meta, cfg)
     if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
         train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))

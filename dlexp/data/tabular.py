@@ -54,10 +54,11 @@ def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) 
 WINE_CSV = Path(__file__).with_name("winequality-red.csv")  # UCI red wine quality, CC BY 4.0
 
 
-def wine(target: str = "quality_binary", path: str | None = None) -> Raw:
+def wine(target: str = "quality_binary", path: str | None = None, threshold: int = 5) -> Raw:
     """The course's red wine data (DUDL_metaparams_*): wines with total sulfur dioxide >= 200
     dropped (outliers), every feature z-scored over the whole set (as the course does), and
-    the target: `quality_binary` (quality > 5, the course's label), `quality` (the score
+    the target: `quality_binary` (quality > `threshold`, 5: the course's label; another
+    threshold makes the classes imbalanced, as the course's imbalance demo), `quality` (the score
     3..8 as classes) or a feature's name (a regression target, e.g. `residual sugar`)."""
     file = Path(path).expanduser() if path else WINE_CSV
     header, *rows = file.read_text().strip().splitlines()
@@ -69,8 +70,9 @@ def wine(target: str = "quality_binary", path: str | None = None) -> Raw:
     x = values[:, [names.index(n) for n in features]]
     x = (x - x.mean(0)) / x.std(0)  # (scipy's zscore uses ddof=0; 1,597 rows: no difference to see)
     if target == "quality_binary":
-        return Raw(Split(x, (quality > 5).long()), None,
-                   DataMeta("wine", "tabular", (x.shape[1],), 2, ["quality <= 5", "quality > 5"]))
+        names = [f"quality <= {threshold}", f"quality > {threshold}"]
+        return Raw(Split(x, (quality > threshold).long()), None,
+                   DataMeta("wine", "tabular", (x.shape[1],), 2, names))
     if target == "quality":
         scores = quality.long().unique()
         y = torch.searchsorted(scores, quality.long())

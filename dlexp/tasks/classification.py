@@ -26,13 +26,26 @@ class Classification(Task):
         self.num_classes = num_classes
         self.class_names = meta.class_names
         self.num_outputs = 1 if self.binary else num_classes
+        weights = torch.tensor(meta.class_weights) if meta.class_weights else None
+        if loss is None and weights is not None:  # data.balance=class_weight
+            loss = (
+                nn.BCEWithLogitsLoss(pos_weight=weights[1:] / weights[0])
+                if self.binary
+                else nn.CrossEntropyLoss(weight=weights.float())
+            )
+            self.default_loss = False
+        else:
+            self.default_loss = loss is None
         self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
-        self.default_loss = loss is None
+        self._loss_device = torch.device("cpu")  # where the loss's weights are
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return (out.squeeze(1) > 0).long() if self.binary else out.argmax(1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.device != self._loss_device:  # class weights follow the outputs' device
+            self.loss_fn.to(out.device)
+            self._loss_device = out.device
         if self.binary:
             return self.loss_fn(out.squeeze(1), y.to(out.dtype))
         return self.loss_fn(out, y)
