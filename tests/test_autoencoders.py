@@ -165,7 +165,9 @@ def test_gaussian_autoencoder_trains_and_draws_its_reconstructions(env, tmp_path
 
 def test_reconstructions_are_logged_about_50_times_a_run(env, tmp_path):
     # every epoch of a 1,000-epoch run would be hundreds of MB of pictures
-    cfg = make_cfg("experiment=ae_gauss", "data.source.n=40", "trainer.epochs=100")
+    cfg = make_cfg(
+        "experiment=ae_gauss", "data.source.n=40", "data.source.size=27", "trainer.epochs=100"
+    )
     train(cfg, run_dir=tmp_path)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

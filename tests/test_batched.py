@@ -56,10 +56,10 @@ def assert_same_results(a: dict, b: dict) -> None:
         # mini-batches in each job's own order, per-job seeds, weight decay and L1, Adam
         [
             *IRIS,
-            "optimizer.lr=0.001,0.01",
+            "optimizer.lr=0.01",
             "seed=1,2",
             "optimizer.weight_decay=0,0.01",
-            "trainer.l1=0,0.001",
+            "trainer.l1=0,0.01",
         ],
         # the task's loss and sums vmapped over the jobs (Task.job_scores' default)
         ["data=regression", "optimizer=rmsprop", "optimizer.lr=0.001,0.003", "trainer.epochs=3"],
@@ -69,7 +69,7 @@ def assert_same_results(a: dict, b: dict) -> None:
 def test_stacked_jobs_equal_sequential_jobs(env, tmp_path, capsys, args):
     code, log = sweep(capsys, tmp_path / "batched", *args, "hydra/launcher=batched")
     n = len(jobs(tmp_path / "batched"))
-    assert code == 0 and n in (2, 16) and f"{n} of {n} jobs in 1 stacked group" in log
+    assert code == 0 and n in (2, 8) and f"{n} of {n} jobs in 1 stacked group" in log
     code, _ = sweep(capsys, tmp_path / "basic", *args, "hydra/launcher=basic")
     stacked, sequential = jobs(tmp_path / "batched"), jobs(tmp_path / "basic")
     assert code == 0 and stacked.keys() == sequential.keys()
