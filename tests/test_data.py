@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,103 @@ def test_smote_on_images_and_balance_without_classes_are_one_paragraph(env):
         load_data(make_cfg("data=mnist", "data.balance=smote").data, seed=0)
     with pytest.raises(DlexpError, match=r"data\.balance=oversample needs classes"):
         load_data(make_cfg("data=regression", "data.balance=oversample").data, seed=0)
+
+
+def _write_table(path: Path, target_values, n: int = 60) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=gen)
+    lines = ["height,width,id,label"]
+    for i in range(n):
+        lines.append(f"{x[i, 0]:.4f},{x[i, 1]:.4f},{i},{target_values(i, x[i])}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_csv_table_trains_as_classes_or_as_a_regression(env, tmp_path, capsys):
+    table = _write_table(tmp_path / "t.csv", lambda i, x: "tall" if x[0] > 0 else "short")
+    args = [
+        "data=csv",
+        f"data.source.path={table}",
+        "data.source.target=label",
+        "data.source.drop=[id]",
+        "trainer.epochs=20",
+        f"hydra.run.dir={tmp_path / 'c'}",
+    ]
+    code, _, err = cli(capsys, "train", *args)
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert code == 0, err
+    assert {"test/recall/short", "test/recall/tall"} <= set(metrics) and metrics["test/acc"] > 0.8
+    values = _write_table(tmp_path / "v.csv", lambda i, x: f"{2 * x[1]:.3f}")
+    code, _, err = cli(
+        capsys,
+        "train",
+        "data=csv",
+        f"data.source.path={values}",
+        "task=regression",
+        "data.source.target=label",
+        "trainer.epochs=2",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert code == 0, err
+    assert "test/corr" in json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+
+def test_bad_csv_files_are_one_paragraph_each(env, tmp_path, capsys):
+    good = _write_table(tmp_path / "t.csv", lambda i, x: i % 2)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,2,x\n3,oops,y\n")
+    cases = [
+        (
+            [f"data.source.path={good}", "data.source.target=species"],
+            "data.source.target='species' is not a column of",
+        ),
+        (
+            [f"data.source.path={bad}", "data.source.target=label"],
+            "line 3, column 'b': 'oops' is not a number",
+        ),
+        ([f"data.source.path={tmp_path / 'none.csv'}", "data.source.target=label"], "no such file"),
+    ]
+    for args, message in cases:
+        code, _, err = cli(capsys, "train", "data=csv", *args, "trainer.epochs=1")
+        assert code == 2 and message in err and "Traceback" not in err
+
+
+def _write_images(root: Path, per_class: int = 12) -> Path:
+    from PIL import Image
+
+    for k, name in enumerate(["cats", "dogs"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.full((20, 24, 3), 40 + 150 * k, dtype=torch.uint8)
+            pixels[i % 20] = 255  # a bright line somewhere
+            Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_trains_and_bad_folders_are_one_paragraph(env, tmp_path, capsys):
+    root = _write_images(tmp_path / "pics")
+    run = tmp_path / "run"
+    code, _, err = cli(
+        capsys,
+        "train",
+        "model=cnn",
+        "data=image_folder",
+        f"data.source.path={root}",
+        "data.source.size=16",
+        "trainer.epochs=2",
+        f"hydra.run.dir={run}",
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert code == 0, err
+    assert {"test/recall/cats", "test/recall/dogs"} <= set(metrics)
+    (root / "birds").mkdir()
+    code, _, err = cli(
+        capsys, "train", "model=cnn", "data=image_folder", f"data.source.path={root}"
+    )
+    assert code == 2 and f"{root / 'birds'} holds no images" in err
+    (root / "birds").rmdir()
+    (root / "dogs" / "3.png").write_bytes(b"not a png")
+    code, _, err = cli(
+        capsys, "train", "model=cnn", "data=image_folder", f"data.source.path={root}"
+    )
+    assert code == 2 and f"{root / 'dogs' / '3.png'} is not a readable image" in err

@@ -33,6 +33,10 @@ _MEMORY_SIZE = 3  # data sets kept in memory (a sweep reuses one; switching sets
 
 
 def _source_files(cfg: DictConfig) -> list[Path]:
+    if cfg.source.get("path") and str(cfg.source._target_).startswith("dlexp.data.files."):
+        from dlexp.data.files import source_files
+
+        return source_files(cfg.source)
     if "root" not in cfg.source:
         return []
     from dlexp.data.images import expected_files
