@@ -115,6 +115,19 @@ RULES: dict[str, Rule] = {
     "data.normalize": Rule(_one_of("standard", "unit", "symmetric"), "standard, unit or symmetric"),
     "data.augment.shift": Rule(_int(0), "a whole number of pixels >= 0"),
     "data.augment.noise": Rule(_num(0), "a number >= 0 (the noise's std)"),
+    "data.augment.rotate": Rule(_num(0, 180), "a number of degrees from 0 to 180, e.g. 15"),
+    "data.augment.scale": Rule(
+        _num(0, 1, open_high=True), "a fraction from 0 to below 1, e.g. 0.1"
+    ),
+    "data.augment.color": Rule(_num(0, 1), "a fraction from 0 to 1, e.g. 0.2"),
+    "data.features": Rule(
+        lambda v: (
+            not isinstance(v, str | dict)
+            and hasattr(v, "__iter__")
+            and all(f in ("square", "log", "products", "radius") for f in v)
+        ),
+        "a list of square, log, products, radius, e.g. data.features=[radius]",
+    ),
     "optimizer.lr": Rule(_num(0, open_low=True), "a positive number, e.g. optimizer.lr=0.001"),
     "optimizer_d.lr": Rule(_num(0, open_low=True), "a positive number, e.g. 0.0002"),
     "optimizer.weight_decay": Rule(_num(0), "a number >= 0, e.g. 0.01"),

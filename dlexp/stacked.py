@@ -102,7 +102,7 @@ def why_not_stacked(cfg: DictConfig) -> str | None:
         ),
         (trainer.resume is not None, "it resumes another run"),
         (bool(trainer.get("log_weights")), "trainer.log_weights looks inside each model"),
-        (bool(cfg.data.get("augment")), "augmentation is random per sample"),
+        (any((cfg.data.get("augment") or {}).values()), "augmentation is random per sample"),
     ]
     return next((reason for failed, reason in checks if failed), None)
 

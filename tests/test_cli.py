@@ -38,7 +38,10 @@ def test_help_lists_commands_and_config_groups(env, capsys):
         "regression",
         "stylize",
     }
-    assert "data: cifar10, emnist, fashion_mnist, gaussian_blobs, iris" in train_help
+    assert (
+        "data: cifar10, csv, emnist, fashion_mnist, gaussian_blobs, image_folder, iris"
+        in train_help
+    )
 
 
 def test_default_train_runs_offline_and_says_where(env, tmp_path):

@@ -347,3 +347,38 @@ def test_an_image_folder_trains_and_bad_folders_are_one_paragraph(env, tmp_path,
         capsys, "train", "model=cnn", "data=image_folder", f"data.source.path={root}"
     )
     assert code == 2 and f"{root / 'dogs' / '3.png'} is not a readable image" in err
+
+
+def test_image_augmentation_draws_per_image_and_leaves_evaluation_alone(env):
+    cfg = make_cfg(
+        "data=mnist", "data.augment.rotate=20", "data.augment.scale=0.1", "data.augment.color=0.2"
+    ).data
+    data = load_data(cfg, seed=0)
+    x = data.train.x[:16]
+    torch.manual_seed(0)
+    a = data.prepare(x, train=True)
+    assert a.shape == (16, 1, 28, 28)
+    plain = data.prepare(x)
+    assert not torch.allclose(a, plain) and torch.equal(plain, data.prepare(x))  # eval: fixed
+    # each image drew its own transform: the same image twice comes out two ways
+    twice = data.prepare(x[:1].repeat(2, 1, 1, 1), train=True)
+    assert not torch.allclose(twice[0], twice[1])
+
+
+def test_tabular_noise_and_added_features(env):
+    cfg = make_cfg(
+        "data=qwerties", "data.features=[radius,square,products]", "data.augment.noise=0.5"
+    ).data
+    data = load_data(cfg, seed=0)
+    plain = load_data(make_cfg("data=qwerties").data, seed=0)
+    assert data.meta.input_shape == (2 + 1 + 2 + 1,) and data.train.x.shape[1] == 6
+    x = plain.test.x
+    torch.testing.assert_close(data.test.x[:, :2], x)
+    torch.testing.assert_close(data.test.x[:, 2:4], x**2)
+    torch.testing.assert_close(data.test.x[:, 4], x[:, 0] * x[:, 1])
+    torch.testing.assert_close(data.test.x[:, 5], x.norm(dim=1))  # distance from the origin
+    batch = data.train.x[:8]
+    assert torch.equal(data.prepare(batch), batch)  # evaluation: no noise
+    assert (data.prepare(batch, train=True) - batch).std() > 0.3
+    with pytest.raises(DlexpError, match="on tabular data"):
+        load_data(make_cfg("data=mnist", "+data.features=[square]").data, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -102,7 +103,8 @@ class Data:
         """uint8 images -> normalised float (plus augmentation when training); features, and
         float images (generated ones, in the model's units already), pass."""
         if self.meta.kind != "image" or x.is_floating_point():
-            return x
+            noise = self.augment.get("noise") if train else 0
+            return x + noise * torch.randn_like(x) if noise else x  # (tabular noise)
         shift, scale = self._normaliser(x.device)
         x = torch.addcmul(shift, x, scale)  # (x / 255 - mean) / std in one fused op
         if train and self.augment:
@@ -122,9 +124,32 @@ class Data:
 
 
 def augment(
-    x: torch.Tensor, hflip: bool = False, shift: int = 0, noise: float = 0.0
+    x: torch.Tensor,
+    hflip: bool = False,
+    shift: int = 0,
+    noise: float = 0.0,
+    rotate: float = 0.0,
+    scale: float = 0.0,
+    color: float = 0.0,
 ) -> torch.Tensor:
-    """Batch-wise augmentation on the device: random flips, shifts (zero padded), noise."""
+    """Batch-wise augmentation on the device, each image its own draw: random flips, shifts
+    (zero padded), rotations by up to `rotate` degrees and zooms by up to `scale` (one affine
+    resampling, as torchvision's RandomAffine), brightness and contrast changes by up to
+    `color` (as ColorJitter), noise. (torchvision's transforms draw one set of parameters per
+    call: per image they would cost a Python call each.)"""
+    b = x.shape[0]
+    if rotate or scale:
+        angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(rotate)
+        zoom = 1 + (torch.rand(b, device=x.device) * 2 - 1) * scale
+        cos, sin, zero = torch.cos(angle) / zoom, torch.sin(angle) / zoom, torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if color:
+        contrast = 1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * color
+        brightness = (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * color
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean + brightness
     if hflip:
         flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
         x = torch.where(flip, x.flip(-1), x)
@@ -179,6 +204,30 @@ def _fold(y: torch.Tensor, folds: int, fold: int, seed: int, stratified: bool):
     except ValueError as err:  # fewer samples (of a class) than folds
         raise DlexpError(f"data.folds={folds} cannot split this training data: {err}") from err
     return torch.from_numpy(keep), torch.from_numpy(hold)
+
+
+FEATURES = ("square", "log", "products", "radius")
+
+
+def with_features(split: Split, names: list[str]) -> Split:
+    """The features plus non-linear ones (the course's feature augmentation): each feature
+    squared, log(1 + |x|), the products of every pair, the distance from the origin."""
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown or split.x.dim() != 2:
+        raise DlexpError(
+            f"data.features={names}: use any of {', '.join(FEATURES)}, on tabular data."
+        )
+    x, extra = split.x, []
+    if "square" in names:
+        extra.append(x**2)
+    if "log" in names:
+        extra.append(torch.log1p(x.abs()))
+    if "products" in names:
+        i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1)
+        extra.append(x[:, i] * x[:, j])
+    if "radius" in names:
+        extra.append(x.norm(dim=1, keepdim=True))
+    return Split(torch.cat([x, *extra], 1), split.y)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -302,6 +351,9 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
     if cfg.get("test_roll"):  # the course's shifted-MNIST test: roll test images sideways
         test = Split(torch.roll(test.x, shifts=int(cfg.test_roll), dims=-1), test.y)
+    if cfg.get("features"):  # added non-linear features (tabular), before scaling
+        train, val, test = (with_features(s, list(cfg.features)) for s in (train, val, test))
+        meta.input_shape = (train.x.shape[1],)
     if meta.kind == "image":
         meta.mean, meta.std = _channel_stats(train.x)
     elif cfg.get("standardize"):
