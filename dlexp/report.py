@@ -142,6 +142,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str], metric: str) -> list[
 
 def _print_settings(settings: list[dict], metric: str, higher: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     keys = list(settings[0]["overrides"])
@@ -152,7 +153,7 @@ def _print_settings(settings: list[dict], metric: str, higher: bool) -> None:
     for name in (f"mean {metric}", "sd", "n"):
         table.add_column(name, justify="right")
     for s in ordered[:SHOWN_ROWS]:
-        cells = [str(s["overrides"][k]) for k in keys]
+        cells = [escape(str(s["overrides"][k])) for k in keys]
         table.add_row(*cells, f"{s['mean']:.4f}", f"{s['sd']:.4f}", str(s["n"]))
     Console().print(table)
 
@@ -181,6 +182,7 @@ REPEATS = ("seed", "data.fold")  # swept keys that repeat a setting rather than 
 
 def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     shown = rows[:SHOWN_ROWS]  # a 2,000-job sweep's table would take seconds and a long scroll
@@ -201,7 +203,7 @@ def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
     table.add_column("time s", justify="right")
     for r in shown:
         cells = ["*" if r is best else "", r["job"].split("_", 1)[0]]
-        cells += [str(r["overrides"].get(k, "")) for k in keys]
+        cells += [escape(str(r["overrides"].get(k, ""))) for k in keys]  # "[radius]": text
         cells += [f"{r[m]:.4f}" if isinstance(r.get(m), int | float) else "" for m in metrics]
         cells += [r["status"], f"{r['time_s']:.1f}" if r.get("time_s") else ""]
         table.add_row(*cells, style="bold green" if r is best else None)
