@@ -1,8 +1,8 @@
 """`trainer.log_weights=true`: what the course looks at inside a model, in TensorBoard.
 
 Every epoch: a histogram of each parameter and of its last gradient, each parameter's change
-since the previous epoch (the norm of the difference: the course's weight-change plots) and
-its gradient norm as scalars; for conv nets, the first conv layer's kernels and its feature
+since the previous epoch (the norm of the difference), the condition number of each weight
+matrix (DUDL_weights_weightchanges' plots) and its gradient norm as scalars; for conv nets, the first conv layer's kernels and its feature
 maps for one fixed test image as images.
 """
 
@@ -29,6 +29,8 @@ class WeightLog:
                 scalars[f"grad_norm/{name}"] = float(p.grad.detach().float().norm())
             if name in self.previous:
                 scalars[f"weight_change/{name}"] = float((weights - self.previous[name]).norm())
+            if weights.dim() == 2:  # the course's condition numbers of the weight matrices
+                scalars[f"weight_cond/{name}"] = float(torch.linalg.cond(weights))
             self.previous[name] = weights.clone()
         if scalars:
             writer.scalars(scalars, step)

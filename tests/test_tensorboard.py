@@ -114,4 +114,6 @@ def test_log_weights_writes_histograms_weight_changes_kernels_and_feature_maps(e
     assert changes and len(acc.Scalars(changes[0])) == 1  # from the second epoch on
     assert all(e.value > 0 for t in changes for e in acc.Scalars(t))  # training moved them
     assert any(t.startswith("grad_norm/") for t in tags["scalars"])
+    conds = [t for t in tags["scalars"] if t.startswith("weight_cond/")]  # the dense layers'
+    assert conds and all(e.value >= 1 for t in conds for e in acc.Scalars(t))
     assert {"kernels/first_conv", "feature_maps/first_conv"} <= set(tags["images"])
