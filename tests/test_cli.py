@@ -39,7 +39,7 @@ def test_help_lists_commands_and_config_groups(env, capsys):
         "stylize",
     }
     assert (
-        "data: cifar10, csv, emnist, fashion_mnist, gaussian_blobs, image_folder, iris"
+        "data: cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, image_folder"
         in train_help
     )
 

@@ -382,3 +382,12 @@ def test_tabular_noise_and_added_features(env):
     assert (data.prepare(batch, train=True) - batch).std() > 0.3
     with pytest.raises(DlexpError, match="on tabular data"):
         load_data(make_cfg("data=mnist", "+data.features=[square]").data, seed=0)
+
+
+def test_doughnuts_are_two_rings(env):
+    data = load_data(make_cfg("data=doughnuts", "data.standardize=false").data, seed=0)
+    splits = (data.train, data.val, data.test)
+    x, y = torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits])
+    radius = x.norm(dim=1)
+    assert len(y) == 400 and data.meta.num_classes == 2
+    assert 8 < radius[y == 0].median() < 12 and 13 < radius[y == 1].median() < 17

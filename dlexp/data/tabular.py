@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import importlib.util
 from pathlib import Path
 
@@ -41,6 +42,26 @@ def qwerties(
     y = torch.arange(len(centers)).repeat_interleave(n_per_class)
     names = [f"blob{i}" for i in range(len(centers))]
     return Raw(Split(x, y), None, DataMeta("qwerties", "tabular", (c.shape[1],), len(centers), names))
+
+
+def doughnuts(
+    n_per_class: int = 200, radii: tuple[float, float] = (10.0, 15.0), seed: int = 0
+) -> Raw:
+    """The course's "qwerties' doughnuts" (DUDL_regular_dropout): two noisy rings of
+    `n_per_class` points at angles linspace(0, 4 pi), the inner one blurred 3x along x, the
+    outer 3x along y."""
+    gen = torch.Generator().manual_seed(seed)
+    th = torch.linspace(0, 4 * math.pi, n_per_class)
+
+    def noise(scale: float) -> torch.Tensor:
+        return scale * torch.randn(n_per_class, generator=gen)
+
+    (r1, r2) = radii
+    inner = torch.stack([r1 * th.cos() + noise(3), r1 * th.sin() + noise(1)], 1)
+    outer = torch.stack([r2 * th.cos() + noise(1), r2 * th.sin() + noise(3)], 1)
+    x = torch.cat([inner, outer])
+    y = torch.arange(2).repeat_interleave(n_per_class)
+    return Raw(Split(x, y), None, DataMeta("doughnuts", "tabular", (2,), 2, ["inner", "outer"]))
 
 
 def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) -> Raw:
