@@ -71,13 +71,12 @@ def test_every_experiment_runs(name, env, tmp_path):
         metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path / "run")
         assert metrics["status"] == "completed"
         return
-    # A 2-job version of the sweep: two values of the first swept key, one of the others.
-    first, *rest = params
-    cut = [f"{first}={','.join(values(params[first])[:2])}"]
-    cut += [f"{k}={values(params[k])[0]}" for k in rest]
+    # A 1-job version of the sweep (its first value of every swept key): the file composes and
+    # trains; sweeping itself, and stacking, are tested elsewhere (test_batched, above).
+    cut = [f"{k}={values(v)[0]}" for k, v in params.items()]
     main(["train", "-m", f"experiment={name}", *quick, *cut])
     done = jobs(only_sweep(env))
-    assert len(done) == 2
+    assert len(done) == 1
     for job in done:
         assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
     assert (only_sweep(env) / "summary.csv").is_file()
