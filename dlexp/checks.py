@@ -64,6 +64,7 @@ BOOLEAN_KEYS = (
     "data.standardize",
     "data.augment.hflip",
     "model.batch_norm",
+    "model.head_batch_norm",
     "model.tied",
     "model.freeze_backbone",
     "sweep.resume",

@@ -222,3 +222,14 @@ def test_a_linear_activation_makes_the_mlp_an_affine_map(env, tmp_path):
     with torch.no_grad():  # f(a + b) - f(0) == (f(a) - f(0)) + (f(b) - f(0))
         torch.testing.assert_close(model(a + b) - zero, model(a) - zero + model(b) - zero)
     assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+
+
+def test_the_course_cnns_normalise_after_the_convs_only(env):
+    from dlexp.train import build
+
+    model = build(make_cfg("model=cnn_emnist", "data=emnist"), torch.device("cpu"))[2]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.features.modules()) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.head.modules())
+    cfg = make_cfg("model=cnn_emnist", "data=emnist", "model.head_batch_norm=true")
+    head = build(cfg, torch.device("cpu"))[2].head
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())

@@ -53,6 +53,7 @@ class CNN(nn.Module):
         head: list[int] = (50,),
         activation: str = "relu",
         batch_norm: bool = False,
+        head_batch_norm: bool = False,
         dropout: float = 0.0,
         conv_dropout: float = 0.0,
         init: str = "default",
@@ -74,7 +75,8 @@ class CNN(nn.Module):
                     f"model.blocks shrink the {input_shape[1]}x{input_shape[2]} input to nothing "
                     f"({err}). Use fewer blocks, smaller kernels or pools, or more padding."
                 ) from err
-        hidden, width = dense_stack(flat, list(head), activation, batch_norm, dropout)
+        # The course's CNNs normalise after the convs only (EMNIST, the CIFAR milestone).
+        hidden, width = dense_stack(flat, list(head), activation, head_batch_norm, dropout)
         self.head = nn.Sequential(*hidden, nn.Linear(width, num_outputs))
         init_weights(self, init, init_std)
 
