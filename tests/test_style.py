@@ -54,7 +54,7 @@ def test_style_transfer_loss_falls_and_images_land(images, env, tmp_path):
 def test_demo_images_lbfgs_and_alexnet(env, tmp_path):
     for extra in (
         ["optimizer=lbfgs", "optimizer.max_iter=2"],
-        ["model.backbone=alexnet", "task.content_layers=[1]"],
+        ["model.backbone=alexnet", "task.content_layers=[1]", "task.style_layers=[0,1,2,3,4]"],
     ):
         metrics = train(make_cfg(*QUICK, "trainer.epochs=1", *extra), tmp_path / extra[0])
         assert metrics["status"] == "completed" and np.isfinite(metrics["train/loss"])
