@@ -31,17 +31,36 @@ QWERTY_LRS = np.linspace(0.001, 0.1, 40)
 IRIS_LRS = np.linspace(0.001, 0.1, 8)
 IRIS_SEEDS = range(5)
 
-COURSE = """
-import sys, time, numpy as np, torch
+# The course's data and its loop for one model, as the notebook writes it; both scripts below
+# (the grids, and one model against one dlexp job) start with it.
+COURSE_LOOP = """
+import os, sys, tempfile, time, numpy as np, torch
 from torch import nn
-grid = sys.argv[1]
-torch.manual_seed(0)
-if grid == "qwerties":
-    n = 100
+def qwerties(n=100):
     a = [1 + np.random.randn(n), 1 + np.random.randn(n)]
     b = [5 + np.random.randn(n), 1 + np.random.randn(n)]
     data = torch.tensor(np.hstack((a, b)).T).float()
     labels = torch.tensor(np.vstack((np.zeros((n, 1)), np.ones((n, 1))))).float()
+    return data, labels
+def course_fit(model, lossfun, lr, epochs, data, labels):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = torch.zeros(epochs)
+    for epoch in range(epochs):
+        loss = lossfun(model(data), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses[epoch] = loss.item()
+    return model(data)
+"""
+
+COURSE = (
+    COURSE_LOOP
+    + """
+grid = sys.argv[1]
+torch.manual_seed(0)
+if grid == "qwerties":
+    data, labels = qwerties()
     jobs = [(lr, 0) for lr in np.linspace(0.001, 0.1, 40)]
     make = lambda: nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1))
     lossfun, epochs = nn.BCEWithLogitsLoss(), 1000
@@ -57,18 +76,10 @@ else:
 start = time.perf_counter()
 for lr, seed in jobs:
     torch.manual_seed(seed)
-    model = make()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    losses = torch.zeros(epochs)
-    for epoch in range(epochs):
-        loss = lossfun(model(data), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses[epoch] = loss.item()
-    predictions = model(data)
+    predictions = course_fit(make(), lossfun, lr, epochs, data, labels)
 print(time.perf_counter() - start)
 """
+)
 
 
 def course(grid: str) -> float:
@@ -115,31 +126,18 @@ def dlexp_sweep(grid: str, launcher: str) -> float:
         return time.perf_counter() - start
 
 
-SINGLE = """
-import os, sys, tempfile, time, numpy as np, torch
-from torch import nn
+SINGLE = (
+    COURSE_LOOP
+    + """
 from hydra import compose, initialize_config_dir
 from dlexp.cli import config_dir
 from dlexp.train import train
 os.environ["DLEXP_OUTPUTS"] = tempfile.mkdtemp()
-n = 100
-a = [1 + np.random.randn(n), 1 + np.random.randn(n)]
-b = [5 + np.random.randn(n), 1 + np.random.randn(n)]
-data = torch.tensor(np.hstack((a, b)).T).float()
-labels = torch.tensor(np.vstack((np.zeros((n, 1)), np.ones((n, 1))))).float()
+data, labels = qwerties()
 def course_model():
     start = time.perf_counter()
     model = nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1))
-    lossfun = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    losses = torch.zeros(1000)
-    for epoch in range(1000):
-        loss = lossfun(model(data), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses[epoch] = loss.item()
-    predictions = model(data)
+    course_fit(model, nn.BCEWithLogitsLoss(), 0.01, 1000, data, labels)
     return time.perf_counter() - start
 with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
     cfg = compose("train", overrides=["experiment=ann_lr_sweep", "trainer.progress=none"])
@@ -150,6 +148,7 @@ for i in range(int(sys.argv[1])):
     fit = train(cfg, run_dir=os.environ["DLEXP_OUTPUTS"] + f"/r{i}")["time_s"]
     print(c, fit, time.perf_counter() - tic)
 """
+)
 
 
 def single(repeats: int) -> tuple[float, float, float]:
