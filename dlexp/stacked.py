@@ -36,6 +36,7 @@ from dlexp.tasks.base import higher_is_better
 from dlexp.train import build, hparams_of, resolve_device, seed_everything
 from dlexp.trainer import (
     Interrupted,
+    autocast,
     autocast_dtype,
     epoch_generator,
     layout,
@@ -322,13 +323,6 @@ class StackedGroup:
                 x = layer(x)
         return x
 
-    def autocast(self):
-        import contextlib
-
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def train_epoch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         x, y = self.splits["train"]
         n, batch = x.shape[1], int(self.cfg.data.batch_size)
@@ -354,7 +348,7 @@ class StackedGroup:
                 yb = y.gather(
                     1, idx.view(*idx.shape, *[1] * (y.dim() - 2)).expand(-1, -1, *y.shape[2:])
                 )
-            with self.autocast():
+            with autocast(self.dtype, self.device):
                 out = self.forward(xb)
                 loss, batch_sums = self.task.job_scores(out, yb, xb)
                 total = loss
@@ -380,7 +374,7 @@ class StackedGroup:
         outputs = []
         for i in range(0, x.shape[1], chunk):
             xb, yb = x[:, i : i + chunk], y[:, i : i + chunk]
-            with self.autocast():
+            with autocast(self.dtype, self.device):
                 out = self.forward(xb)
                 _, batch_sums = self.task.job_scores(out, yb, xb)
             for k, v in batch_sums.items():

@@ -112,6 +112,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def autocast(dtype: torch.dtype | None, device: torch.device):
+    """Autocast to `dtype` (autocast_dtype's answer), or nothing for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The data order of an epoch depends on the seed and the epoch number alone."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -191,9 +198,7 @@ class Trainer:
         self.monitor: str | None = None  # the metric that picks best.pt (and the sweep objective)
 
     def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.dtype, self.device)
 
     def prepare(self, model: nn.Module) -> None:
         """Move the model to the device; channels-last memory for conv nets."""

@@ -201,8 +201,10 @@ def test_a_k_fold_sweep_reports_mean_and_sd_over_the_folds(env, capsys):
         ]
     )
     (sweep,) = (Path(env["DLEXP_OUTPUTS"]) / "sweeps").iterdir()
+    capsys.readouterr()
+    main(["report", str(sweep)])
     out = capsys.readouterr().out
-    assert "mean val/acc" in out
+    assert "mean val/acc" in out and "│ 3 │" in out
     (row,) = list(csv.DictReader((sweep / "summary_by_setting.csv").open()))
     assert row["n"] == "3" and 0 <= float(row["mean val/acc"]) <= 1
 
@@ -230,7 +232,7 @@ def test_balance_resamples_the_training_split_only(env, how):
         assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
 
 
-def test_class_weight_weights_the_loss_and_changes_per_class_recall(env, tmp_path):
+def test_class_weight_and_smote_change_per_class_recall(env, tmp_path, capsys):
     args = ["data=wine", "data.source.threshold=4", "trainer.epochs=3", "model.hidden=[16]"]
     plain = train(make_cfg(*args), run_dir=tmp_path / "none")
     weighted = train(make_cfg(*args, "data.balance=class_weight"), run_dir=tmp_path / "w")
@@ -240,6 +242,12 @@ def test_class_weight_weights_the_loss_and_changes_per_class_recall(env, tmp_pat
     assert w0 == pytest.approx((n0 + n1) / (2 * n0)) and w1 == pytest.approx((n0 + n1) / (2 * n1))
     rare = "test/recall/quality <= 4"
     assert plain[rare] < weighted[rare]  # the rare class is found more often
+    code, _, err = cli(
+        capsys, "train", *args, "data.balance=smote", f"hydra.run.dir={tmp_path / 's'}"
+    )
+    smote = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert code == 0, err
+    assert smote[rare] != plain[rare] and "test/recall/quality > 4" in smote
 
 
 def test_smote_on_images_and_balance_without_classes_are_one_paragraph(env):
@@ -391,3 +399,26 @@ def test_doughnuts_are_two_rings(env):
     radius = x.norm(dim=1)
     assert len(y) == 400 and data.meta.num_classes == 2
     assert 8 < radius[y == 0].median() < 12 and 13 < radius[y == 1].median() < 17
+
+
+def test_added_features_and_augmentation_reach_training(env, tmp_path):
+    from dlexp.run import load_run
+
+    cfg = make_cfg(
+        "data=qwerties",
+        "data.features=[radius,square]",
+        "data.augment.noise=0.2",
+        "trainer.epochs=2",
+    )
+    assert train(cfg, run_dir=tmp_path / "tab")["status"] == "completed"
+    model = load_run(tmp_path / "tab").model  # rebuilt from the run's saved metadata
+    assert model.body[1].in_features == 2 + 1 + 2  # x, y, radius, x^2, y^2
+    args = ["model=cnn", "data=mnist", "trainer.epochs=1", "trainer.max_steps_per_epoch=3"]
+    plain = train(make_cfg(*args), run_dir=tmp_path / "plain")
+    moved = train(
+        make_cfg(
+            *args, "data.augment.rotate=20", "data.augment.scale=0.1", "data.augment.color=0.2"
+        ),
+        run_dir=tmp_path / "augmented",
+    )
+    assert plain["train/loss"] != moved["train/loss"]  # the same seed saw other images
