@@ -65,7 +65,6 @@ BOOLEAN_KEYS = (
     "data.augment.hflip",
     "model.batch_norm",
     "model.head_batch_norm",
-    "model.tied",
     "model.freeze_backbone",
     "sweep.resume",
 )
@@ -141,6 +140,12 @@ RULES: dict[str, Rule] = {
     "model.latent": Rule(_int(1), "a whole number of units >= 1"),
     "task.noise": Rule(_num(0), "a number >= 0 (the noise's std), e.g. 0.25"),
     "task.occlusion": Rule(_int(0), "a whole number of pixels >= 0, e.g. 3"),
+    "model.tied": Rule(
+        lambda v: isinstance(v, bool) or v in ("latent", "all"),
+        "false, latent (the latent layer and its mirror share a matrix) or all (true)",
+    ),
+    "task.noise_kind": Rule(_one_of("gaussian", "uniform"), "gaussian or uniform"),
+    "task.corrupt": Rule(_one_of("both", "test"), "both or test"),
     "task.show": Rule(_int(1), "a whole number of images >= 1, e.g. 8"),
     "task.quality_samples": Rule(_int(2), "a whole number of samples >= 2, e.g. 500"),
     "task.style_scale": Rule(_num(0, open_low=True), "a positive number, e.g. 1e6"),

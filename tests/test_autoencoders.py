@@ -20,6 +20,7 @@ from dlexp.train import build, train
         ("autoencoder", "mnist", []),
         ("autoencoder", "mnist", ["task.noise=0.3"]),
         ("autoencoder", "fashion_mnist", ["task.occlusion=3", "model.tied=true"]),
+        ("autoencoder", "mnist", ["task.noise=0.25", "task.noise_kind=uniform", "task.corrupt=test"]),
         ("cnn_autoencoder", "mnist", ["task.noise=0.2"]),
         ("cnn_autoencoder", "cifar10", []),
     ],
@@ -55,9 +56,31 @@ def test_occlusion_draws_one_white_bar_per_image():
     task = Reconstruction(occlusion=3)
     x = torch.zeros(16, 1, 28, 28)
     out = task.corrupt(x, torch.Generator().manual_seed(0))
+    starts = []
     for img in out[:, 0]:
         rows, cols = (img == 1).any(1), (img == 1).any(0)
         assert (rows.sum() == 3 and cols.all()) or (cols.sum() == 3 and rows.all())
+        starts.append(int((rows if rows.sum() == 3 else cols).nonzero()[0]))
+    assert 10 <= min(starts) and max(starts) <= 20  # the course's band: rows/columns 10-20 of 28
+
+
+def test_uniform_noise_only_brightens():
+    x = torch.full((4, 1, 28, 28), 0.5)
+    out = Reconstruction(noise=0.25, noise_kind="uniform").corrupt(x, None)
+    assert (out >= 0.5).all() and (out <= 0.75).all() and out.std() > 0.05
+
+
+def test_corrupt_test_trains_on_clean_inputs_and_scores_corrupted_ones(env, tmp_path):
+    """The course's protocol: a plain autoencoder, shown noisy digits only when scored."""
+    cfg = make_cfg("model=autoencoder", "data=mnist", "trainer.epochs=1", "task.noise=0.25")
+    cfg.task.corrupt = "test"
+    metrics = train(cfg, tmp_path)
+    assert "train/input_mse" not in metrics and "train/gain" not in metrics
+    assert metrics["test/input_mse"] > 0.001 and "test/gain" in metrics
+    task = Reconstruction(noise=0.25, corrupt="test")
+    x = torch.rand(2, 1, 28, 28)
+    assert task.prepare(x, None, train=True)[0] is x
+    assert not torch.equal(task.prepare(x, None, train=False)[0], x)
 
 
 def test_tied_autoencoder_shares_the_encoder_weights():
@@ -67,6 +90,13 @@ def test_tied_autoencoder_shares_the_encoder_weights():
     assert count(untied) - count(tied) == 784 * 250 + 250 * 50
     x = torch.rand(4, 1, 28, 28)
     assert tied(x).shape == x.shape and (tied(x) >= 0).all() and (tied(x) <= 1).all()
+    # The course's: only the latent layer's matrix is shared (784-128-50, 50-128 tied, 128-784).
+    latent = DenseAutoencoder((1, 28, 28), hidden=[128], latent=50, tied="latent")
+    free = DenseAutoencoder((1, 28, 28), hidden=[128], latent=50)
+    assert count(free) - count(latent) == 128 * 50
+    latent.body[3].weight.data.zero_()  # the shared matrix: zero it and the decoder sees zeros
+    latent.tied_bias[0].data.fill_(-1.0)
+    assert torch.allclose(latent(x), torch.sigmoid(latent.decoder[0].bias).view(1, 1, 28, 28))
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 96, 96)])

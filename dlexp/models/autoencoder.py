@@ -23,8 +23,9 @@ from dlexp.models.mlp import dense_stack
 class DenseAutoencoder(nn.Module):
     """The course's 784-250-50-250-784 autoencoder: ReLU inside, sigmoid out.
 
-    With `tied=True` the decoder has biases only and reuses the encoder's weight matrices,
-    transposed, in reverse order.
+    `tied="latent"` (DUDL_autoenc_tiedWeights) makes the decoder's first layer reuse the latent
+    layer's matrix, transposed; `tied=true` ("all") ties every decoder layer to its mirror, so
+    the decoder keeps only its biases.
     """
 
     def __init__(
@@ -34,7 +35,7 @@ class DenseAutoencoder(nn.Module):
         hidden: list[int] = (250,),
         latent: int = 50,
         activation: str = "relu",
-        tied: bool = False,
+        tied: bool | str = False,
         init: str = "default",
         init_std: float = 0.01,
         units: int | None = None,
@@ -43,21 +44,17 @@ class DenseAutoencoder(nn.Module):
         require_images(input_shape, "autoencoder", "model=ann")
         if units is not None:  # one hidden layer each side (the course's units x bottleneck sweep)
             hidden = [units]
+        if tied not in (False, True, "all", "latent"):
+            raise DlexpError(f"model.tied={tied!r} is not known; use false, latent or all (true).")
         self.input_shape = tuple(input_shape)
         size = math.prod(input_shape)
         self.body, _ = dense_stack(size, [*hidden, latent], activation)
-        self.tied = tied
         widths = [size, *hidden, latent]
-        if tied:
-            self.decoder_bias = nn.ParameterList(
-                nn.Parameter(torch.zeros(w)) for w in reversed(widths[:-1])
-            )
-        else:
-            layers: list[nn.Module] = []
-            for a, b in zip(reversed(widths[1:]), reversed(widths[:-1]), strict=True):
-                layers += [nn.Linear(a, b), make_activation(activation)]
-            layers[-1] = nn.Sigmoid()
-            self.decoder = nn.Sequential(*layers)
+        mirrors = list(zip(reversed(widths[1:]), reversed(widths[:-1]), strict=True))
+        # Decoder layer i mirrors encoder layer -1-i; tied ones borrow its matrix transposed.
+        n_tied = {False: 0, "latent": 1}.get(tied, len(mirrors))
+        self.tied_bias = nn.ParameterList(nn.Parameter(torch.zeros(b)) for _, b in mirrors[:n_tied])
+        self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in mirrors[n_tied:])
         self.activation = make_activation(activation)
         init_weights(self, init, init_std)
 
@@ -65,15 +62,13 @@ class DenseAutoencoder(nn.Module):
         return self.body(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.tied:
-            linears = [m for m in self.body if isinstance(m, nn.Linear)]
-            for i, (layer, bias) in enumerate(
-                zip(reversed(linears), self.decoder_bias, strict=True)
-            ):
-                z = F.linear(z, layer.weight.t(), bias)
-                z = torch.sigmoid(z) if i == len(linears) - 1 else self.activation(z)
-        else:
-            z = self.decoder(z)
+        encoders = [m for m in self.body if isinstance(m, nn.Linear)][::-1]
+        for i, layer in enumerate(encoders):
+            if i < len(self.tied_bias):
+                z = F.linear(z, layer.weight.t(), self.tied_bias[i])
+            else:
+                z = self.decoder[i - len(self.tied_bias)](z)
+            z = torch.sigmoid(z) if i == len(encoders) - 1 else self.activation(z)
         return z.view(-1, *self.input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

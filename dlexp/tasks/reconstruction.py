@@ -1,5 +1,7 @@
 """Reconstruction (autoencoders): the target is the clean input; the input may be corrupted
-with noise (denoising) or occluding bars. Images are expected in [0, 1] (data.normalize=unit)."""
+with noise (denoising) or occluding bars, while training and scoring (a denoising autoencoder)
+or only when scoring (the course: trained on clean digits, shown corrupted ones). Images are
+expected in [0, 1] (data.normalize=unit)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlexp.errors import DlexpError
 from dlexp.tasks.base import Task
 
 
@@ -27,12 +30,22 @@ class Reconstruction(Task):
         meta=None,
         loss: nn.Module | None = None,
         noise: float = 0.0,
+        noise_kind: str = "gaussian",
         occlusion: int = 0,
+        corrupt: str = "both",
         show: int = 8,
     ):
+        for key, value, known in (
+            ("noise_kind", noise_kind, ("gaussian", "uniform")),
+            ("corrupt", corrupt, ("both", "test")),
+        ):
+            if value not in known:
+                raise DlexpError(f"task.{key}={value!r} is not known; use {' or '.join(known)}.")
         self.loss_fn = loss or nn.MSELoss()
         self.noise, self.occlusion, self.show = float(noise), int(occlusion), int(show)
+        self.noise_kind = noise_kind
         self.corrupts = bool(self.noise or self.occlusion)
+        self.corrupt_train = self.corrupts and corrupt == "both"
         self._gen: torch.Generator | None = None
 
     def start_eval(self) -> None:
@@ -40,11 +53,20 @@ class Reconstruction(Task):
 
     def corrupt(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if self.noise:
-            x = (x + self.noise * torch.randn(x.shape, generator=gen, device=x.device)).clamp(0, 1)
+            if self.noise_kind == "uniform":  # the course's x + rand/4: brighter, never darker
+                draw = torch.rand(x.shape, generator=gen, device=x.device)
+            else:
+                draw = torch.randn(x.shape, generator=gen, device=x.device)
+            x = (x + self.noise * draw).clamp(0, 1)
         if self.occlusion and x.dim() == 4:  # one white bar per image, across or down
             b, _, h, w = x.shape
-            width = min(self.occlusion, h, w)
-            pos = torch.randint(0, min(h, w) - width + 1, (b, 1), generator=gen, device=x.device)
+            side = min(h, w)
+            width = min(self.occlusion, side)
+            # Bars start in the central band (rows/columns 10-20 of 28, as the course draws
+            # them): there they cross the object, not an empty border.
+            lo = min(round(side * 10 / 28), side - width)
+            hi = max(lo, min(round(side * 20 / 28), side - width))
+            pos = torch.randint(lo, hi + 1, (b, 1), generator=gen, device=x.device)
             across = torch.randint(0, 2, (b, 1, 1, 1), generator=gen, device=x.device).bool()
             rows = torch.arange(h, device=x.device).view(1, h)
             cols = torch.arange(w, device=x.device).view(1, w)
@@ -54,7 +76,7 @@ class Reconstruction(Task):
         return x
 
     def prepare(self, x, y, train):
-        if not self.corrupts:
+        if not self.corrupts or (train and not self.corrupt_train):
             return x, x
         gen = None
         if not train:
@@ -70,7 +92,7 @@ class Reconstruction(Task):
         n = len(target)
         per_sample = lambda a: (a.float() - target.float()).pow(2).flatten(1).mean(1).sum()  # noqa: E731
         sums = {"loss": loss.detach().float() * n, "mse": per_sample(out.detach())}
-        if self.corrupts:
+        if inputs is not target:  # corrupted inputs (not while training in corrupt=test)
             sums["input_mse"] = per_sample(inputs)
         return sums
 
