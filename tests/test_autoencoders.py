@@ -123,7 +123,8 @@ def test_classifier_starts_from_the_encoder_and_frozen_layers_stay(env, tmp_path
     }
     assert set(encoder) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"}
 
-    cfg = make_cfg("experiment=ae_pretrain_classify", f"model.init_from={ae_run}")
+    mlp = ["model=ann", "data=fashion_mnist", "model.hidden=[250,50]", "data.normalize=unit"]
+    cfg = make_cfg(*mlp, f"model.init_from={ae_run}")
     start = build(cfg, torch.device("cpu"))[2].state_dict()
     assert all(torch.equal(start[k], v) for k, v in encoder.items())  # exact copies
 
@@ -131,7 +132,7 @@ def test_classifier_starts_from_the_encoder_and_frozen_layers_stay(env, tmp_path
     main(
         [
             "train",
-            "experiment=ae_pretrain_classify",
+            *mlp,
             f"model.init_from={ae_run}",
             "model.freeze=[body*]",
             "trainer.epochs=1",
@@ -209,3 +210,27 @@ def test_reconstructions_are_logged_about_50_times_a_run(env, tmp_path):
     acc.Reload()
     steps = [e.step for e in acc.Images("reconstructions")]
     assert steps == list(range(2, 101, 2))  # every 2nd epoch (one step each): 50 pictures
+
+
+def test_symmetric_images_are_shown_as_they_are(env, tmp_path):
+    """[-1, 1] inputs (the course's Normalize(.5, .5)) come back to [0, 1] in the grid."""
+    quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2"]
+    train(make_cfg("experiment=ae_fashion_pretrain", *quick), tmp_path / "ae")
+    grid = torch.tensor(list(Image.open(tmp_path / "ae" / "reconstructions.png").getdata()))
+    grid = grid.view(2 * 30 + 2, 8 * 30 + 2, -1)[..., 0]
+    first = grid[2:30, 2:30].float() / 255  # the first clean test image
+    data = build(make_cfg("experiment=ae_fashion_pretrain"), torch.device("cpu"))[0]
+    assert torch.allclose(first, data.test.x[0, 0].float() / 255, atol=1 / 255)
+    # The pretrained classifier starts from its encoder; the naive one needs requires=[].
+    classify = ["experiment=ae_pretrain_classify", *quick]
+    train(make_cfg(*classify, f"model.init_from={tmp_path / 'ae'}"), tmp_path / "pre")
+    naive = make_cfg(*classify, "requires=[]", "seed=1")  # (seed 0 would draw the AE's init)
+    assert train(naive, tmp_path / "naive")["status"] == "completed"
+    conv = {
+        run: load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"][
+            "features.0.0.weight"
+        ]
+        for run in ("ae", "pre", "naive")
+    }
+    assert (conv["pre"] - conv["ae"]).abs().max() < 0.01  # two Adam steps from the encoder's
+    assert (conv["naive"] - conv["ae"]).abs().max() > 0.1

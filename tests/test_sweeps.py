@@ -19,7 +19,7 @@ from dlexp.data import load_data
 from dlexp.train import train
 
 STARTS_FROM = {
-    "ae_pretrain_classify": ["experiment=ae_mnist", "data=fashion_mnist"],
+    "ae_pretrain_classify": ["experiment=ae_fashion_pretrain"],
     "transfer_mnist_to_fashion": ["experiment=mnist_cnn"],
     "transfer_letters_to_digits": ["experiment=emnist_cnn"],
 }
@@ -104,11 +104,21 @@ def test_width_and_depth_build_the_hidden_layers(env, tmp_path):
     assert shapes == [(8, 4), (8, 8), (8, 8), (3, 8)]
 
 
-def test_shifted_test_images(env):
+def test_shifted_images_are_each_rolled_by_their_own_amount(env):
+    """The course's shifted MNIST: every image wrapped sideways by a random -10..10 pixels."""
     plain = load_data(make_cfg("data=mnist").data, seed=0)
-    rolled = load_data(make_cfg("data=mnist", "data.test_roll=6").data, seed=0)
-    assert torch.equal(rolled.test.x, torch.roll(plain.test.x, 6, dims=-1))
-    assert torch.equal(rolled.train.x, plain.train.x)
+    rolled = load_data(make_cfg("data=mnist", "data.roll=10").data, seed=0)
+    assert torch.equal(rolled.train.x, plain.train.x)  # the FFN notebook: test images only
+    shifts = set()
+    for a, b in zip(plain.test.x, rolled.test.x, strict=True):
+        match = [k for k in range(-10, 11) if torch.equal(torch.roll(a, k, dims=-1), b)]
+        assert match
+        shifts.add(match[0])
+    assert len(shifts) > 5  # not one shift for all
+    both = load_data(make_cfg("experiment=mnist_cnn_shifted").data, seed=0)
+    assert not torch.equal(
+        both.train.x, load_data(make_cfg("experiment=mnist_cnn").data, 0).train.x
+    )
 
 
 def test_four_job_sweep_report_csv_plot_and_hparams(env):

@@ -312,6 +312,14 @@ def _check_enough(train: Split, meta: DataMeta, cfg: DictConfig) -> None:
     )
 
 
+def _rolled(x: torch.Tensor, most: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image rolled (wrapped around) sideways by its own random -most..most pixels."""
+    n, width = len(x), x.shape[-1]
+    shift = torch.randint(-most, most + 1, (n, 1), generator=gen)
+    cols = (torch.arange(width).view(1, width) - shift) % width
+    return x.gather(-1, cols.view(n, *[1] * (x.dim() - 2), width).expand_as(x))
+
+
 def load_data(cfg: DictConfig, seed: int) -> Data:
     """Load the data set named by `cfg` (a `data` config) and split it into train/val/test."""
     _check_fraction("val_fraction", cfg.val_fraction)
@@ -349,8 +357,12 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
     _check_enough(train, meta, cfg)
     if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
         train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
-    if cfg.get("test_roll"):  # the course's shifted-MNIST test: roll test images sideways
-        test = Split(torch.roll(test.x, shifts=int(cfg.test_roll), dims=-1), test.y)
+    if cfg.get("roll"):  # the course's shifted MNIST: images rolled sideways, once each
+        gen = torch.Generator().manual_seed(seed + 2)
+        roll = lambda s: Split(_rolled(s.x, int(cfg.roll), gen), s.y)  # noqa: E731
+        test = roll(test)
+        if cfg.get("roll_train"):
+            train, val = roll(train), roll(val)
     if cfg.get("features"):  # added non-linear features (tabular), before scaling
         train, val, test = (with_features(s, list(cfg.features)) for s in (train, val, test))
         meta.input_shape = (train.x.shape[1],)

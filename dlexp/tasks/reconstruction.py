@@ -15,9 +15,10 @@ from dlexp.tasks.base import Task
 
 
 def shown(x: torch.Tensor, data) -> torch.Tensor:
-    """Images for display in [0, 1]: uint8-based ones as prepared (data.normalize=unit), float
-    ones (generated, about -1..1) mapped from [-1, 1], as the course plots them."""
-    if data.test.x.is_floating_point():
+    """Images for display in [0, 1]: uint8-based ones as prepared (data.normalize=unit), those in
+    [-1, 1] (data.normalize=symmetric, and generated float images) mapped back, as the course
+    plots them (pic/2 + .5)."""
+    if data.test.x.is_floating_point() or data.normalize == "symmetric":
         x = (x + 1) / 2
     return x.clamp(0, 1)
 
