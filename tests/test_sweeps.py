@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import cli, dlexp, make_cfg, read_hparams, read_tags
 from dlexp.cli import config_dir, main
 from dlexp.data import load_data
-from dlexp.train import train
+from dlexp.train import build, train
 
 STARTS_FROM = {
     "ae_pretrain_classify": ["experiment=ae_fashion_pretrain"],
@@ -94,6 +95,7 @@ def test_course_sizes_are_in_the_experiments(env):
     assert list(make_cfg("experiment=mnist_ffn").model.hidden) == [64, 32, 32]
     cifar = make_cfg("experiment=cifar10_milestone").model
     assert [b.channels for b in cifar.blocks] == [64, 128, 256] and cifar.batch_norm
+    assert [b.padding for b in cifar.blocks] == [1, 0, 0] and list(cifar.head) == [256, 64]
     assert make_cfg("experiment=fashion_mnist_milestone").data.augment.hflip
 
 
@@ -309,3 +311,18 @@ def test_report_aggregates_repeated_runs_by_setting(env, tmp_path, capsys):
         assert float(s["sd val/loss"]) == pytest.approx(statistics.stdev(values))
         assert f"{statistics.mean(values):.4f}" in out
     assert (sweep / "summary.png").is_file()
+
+
+def test_cnn_dropout_sweep_puts_channel_dropout_after_each_conv_block(env, tmp_path):
+    quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=3"]
+    main(["train", "-m", "experiment=cnn_dropout_sweep", "model.conv_dropout=0,0.25", *quick])
+    done = jobs(only_sweep(env))
+    assert len(done) == 2
+    rates = set()
+    for job in done:
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        model = build(cfg, torch.device("cpu"))[2]
+        drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout2d)]
+        assert drops in ([], [0.25, 0.25])
+        rates.add(cfg.model.conv_dropout)
+    assert rates == {0, 0.25}
