@@ -67,6 +67,7 @@ BOOLEAN_KEYS = (
     "model.batch_norm",
     "model.head_batch_norm",
     "model.freeze_backbone",
+    "model.frozen_bn_stats",
     "sweep.resume",
 )
 RULES: dict[str, Rule] = {

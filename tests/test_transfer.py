@@ -68,10 +68,18 @@ def test_resnet18_loads_weights_from_torch_home(env, tmp_path, monkeypatch):
     pretrained = torchvision.models.resnet18().state_dict()
     torch.save(pretrained, home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     monkeypatch.setenv("TORCH_HOME", str(home))
-    cfg = make_cfg("experiment=stl10_resnet18", "model.resize=64", "trainer.epochs=1")
-    train(cfg, tmp_path / "run")
+    quick = ["model.resize=64", "trainer.epochs=1", "trainer.max_steps_per_epoch=2"]
+    # The course's way (frozen_bn_stats=false): weights fixed, batch-norm statistics adapt.
+    train(make_cfg("experiment=stl10_resnet18", *quick), tmp_path / "run")
     after = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     backbone = [k for k in pretrained if not k.startswith("fc.")]
+    stats = {k for k in backbone if k.endswith(("running_mean", "running_var", "batches_tracked"))}
+    assert all(torch.equal(after[f"net.{k}"], pretrained[k]) for k in set(backbone) - stats)
+    assert all(not torch.equal(after[f"net.{k}"], pretrained[k]) for k in stats)
+    # frozen_bn_stats=true: the frozen layers run as in evaluation, their statistics kept.
+    cfg = make_cfg("experiment=stl10_resnet18", *quick, "model.frozen_bn_stats=true")
+    train(cfg, tmp_path / "kept")
+    after = load_checkpoint(tmp_path / "kept" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(after[f"net.{k}"], pretrained[k]) for k in backbone)
 
 

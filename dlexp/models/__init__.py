@@ -71,11 +71,14 @@ def copy_matching(
         log.info(f"  newly initialised here: {', '.join(fresh)}")
 
 
-def freeze(model: nn.Module, patterns: list[str], trainable: list[str] | None) -> None:
+def freeze(
+    model: nn.Module, patterns: list[str], trainable: list[str] | None, keep_bn_stats: bool = True
+) -> None:
     """Fix the parameters whose names match `patterns` (or all but those matching `trainable`).
 
-    Frozen batch-norm layers also keep their running statistics: they always run as in
-    evaluation, whatever mode the rest of the model is in.
+    Frozen batch-norm layers also keep their running statistics (they always run as in
+    evaluation, whatever mode the rest of the model is in) unless `keep_bn_stats` is false:
+    then, as in the course's notebooks (requires_grad=False, net.train()), they still update.
     """
     names = [n for n, _ in model.named_parameters()]
     for pattern in [*patterns, *(trainable or [])]:
@@ -92,7 +95,8 @@ def freeze(model: nn.Module, patterns: list[str], trainable: list[str] | None) -
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         if (
-            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            keep_bn_stats
+            and isinstance(module, nn.modules.batchnorm._BatchNorm)
             and params
             and not any(p.requires_grad for p in params)
         ):

@@ -103,6 +103,7 @@ class TorchvisionClassifier(nn.Module):
         freeze_backbone: bool = False,
         resize: int | str | None = "auto",
         download: bool = True,
+        frozen_bn_stats: bool = True,
     ) -> None:
         super().__init__()
         require_images(input_shape, "transfer", "model=ann")
@@ -116,7 +117,7 @@ class TorchvisionClassifier(nn.Module):
         if freeze_backbone:
             from dlexp.models import freeze
 
-            freeze(self, [], trainable=[f"{self.head_name}.*"])
+            freeze(self, [], [f"{self.head_name}.*"], keep_bn_stats=frozen_bn_stats)
         meta = chosen.transforms() if chosen is not None else None
         mean, std = (meta.mean, meta.std) if meta is not None else (IMAGENET_MEAN, IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
