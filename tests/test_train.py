@@ -10,7 +10,9 @@ from PIL import Image
 
 from conftest import cli, make_cfg, read_hparams, read_scalars, read_tags
 from dlexp.checkpoint import load_checkpoint
+from dlexp.data import load_data
 from dlexp.errors import DlexpError
+from dlexp.models import build_model
 from dlexp.train import train
 
 IMAGE_DATA = ["mnist", "fashion_mnist", "emnist", "cifar10", "stl10"]
@@ -233,3 +235,26 @@ def test_the_course_cnns_normalise_after_the_convs_only(env):
     cfg = make_cfg("model=cnn_emnist", "data=emnist", "model.head_batch_norm=true")
     head = build(cfg, torch.device("cpu"))[2].head
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
+
+
+@pytest.mark.parametrize("init", ["normal", "xavier", "kaiming"])
+def test_inits_draw_what_the_course_draws(init, env):
+    """normal: weights and biases ~ N(0, std^2); xavier/kaiming: weights, biases as PyTorch's."""
+    cfg = make_cfg("experiment=init_xavier_kaiming", f"model.init={init}", "model.init_std=0.5")
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.meta, 1)
+    torch.manual_seed(0)
+    plain = build_model(make_cfg("experiment=init_xavier_kaiming").model, data.meta, 1)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    biases = torch.cat([m.bias for m in linears]).detach()
+    weights = torch.cat([m.weight.flatten() for m in linears]).detach()
+    if init == "normal":
+        assert abs(biases.std().item() - 0.5) < 0.15 and abs(weights.std().item() - 0.5) < 0.05
+    else:
+        default = [m.bias for m in plain.modules() if isinstance(m, torch.nn.Linear)]
+        assert torch.equal(biases, torch.cat(default).detach())  # PyTorch's draw, untouched
+        drawn = torch.cat(
+            [m.weight.flatten() for m in plain.modules() if isinstance(m, torch.nn.Linear)]
+        )
+        assert not torch.equal(weights, drawn.detach())  # the weights were redrawn

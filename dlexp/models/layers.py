@@ -26,7 +26,10 @@ def make_activation(name: str, key: str = "model.activation") -> nn.Module:
 
 
 def init_weights(model: nn.Module, scheme: str, std: float = 0.01) -> None:
-    """Re-initialise Linear and Conv weights (biases to zero) unless scheme is 'default'."""
+    """Re-initialise Linear and Conv layers unless scheme is 'default', as the course does:
+    xavier (normal) and kaiming (uniform) redraw the weights and leave the biases as PyTorch drew
+    them (DUDL_weights_CodeChallenge_XavierKaiming); normal draws weights and biases from
+    N(0, std^2) (DUDL_weights_codeChallenge_weightstd sets every parameter)."""
     if scheme not in INITS:
         raise DlexpError(f"model.init={scheme!r} is not known; use one of {', '.join(INITS)}.")
     if scheme == "default":
@@ -39,8 +42,8 @@ def init_weights(model: nn.Module, scheme: str, std: float = 0.01) -> None:
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
             else:
                 nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.normal_(m.bias, 0.0, std)
 
 
 def require_images(input_shape: tuple[int, ...], model: str, alternative: str) -> None:
