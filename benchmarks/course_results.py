@@ -450,8 +450,23 @@ PAIRS: list[tuple[str, str, list[str]]] = [
     ("transfer", "mnist", ["trainer.epochs=2", "model.weights=none"]),
     ("autoencoder", "mnist", ["trainer.epochs=2"]),
     ("cnn_autoencoder", "mnist", ["trainer.epochs=2"]),
-    ("gan", "mnist", ["trainer.epochs=15"]),
-    ("dcgan", "mnist", ["trainer.epochs=3", "data.subset=3000"]),
+    # The course's 3e-4 for both nets (the default) collapses on these 8,000 digits: in 3 of 4
+    # seeds the discriminator wins within 2,900 steps (D(G(z)) -> 0, samples are one noisy
+    # blob; a plain-PyTorch copy of the notebook's loop behaves the same, the outcome set by
+    # tiny numerical differences). With a slower discriminator and Adam's beta1 at 0.5 both
+    # seeds tried learn varied digits (quality 1.0 -> 2.7-3.0 in 60 epochs): checked here.
+    (
+        "gan",
+        "mnist",
+        [
+            "trainer.epochs=60",
+            "optimizer.lr=2e-4",
+            "optimizer_d.lr=1e-4",
+            "optimizer.betas=[0.5,0.999]",
+            "optimizer_d.betas=[0.5,0.999]",
+        ],
+    ),
+    ("dcgan", "mnist", ["trainer.epochs=6", "data.subset=3000"]),  # ~2.5 min on 2 cores
 ]
 
 
