@@ -145,7 +145,7 @@ def test_wine_ships_and_is_prepared_as_the_course_does(target, extra, classes, e
     raw = wine(target)
     assert len(raw.train) == 1597  # 1,599 wines less the two with total sulfur dioxide >= 200
     assert raw.meta.num_classes == classes
-    assert raw.meta.input_shape == ((11,) if classes else (10,))  # a feature target leaves
+    assert raw.meta.input_shape == (11,)  # a feature target: the other 10 and quality (the course)
     assert torch.allclose(raw.train.x.mean(0), torch.zeros(raw.meta.input_shape), atol=1e-5)
     assert torch.allclose(raw.train.x.std(0), torch.ones(raw.meta.input_shape), atol=1e-5)
     if target == "quality_binary":

@@ -80,7 +80,8 @@ def wine(target: str = "quality_binary", path: str | None = None, threshold: int
     dropped (outliers), every feature z-scored over the whole set (as the course does), and
     the target: `quality_binary` (quality > `threshold`, 5: the course's label; another
     threshold makes the classes imbalanced, as the course's imbalance demo), `quality` (the score
-    3..8 as classes) or a feature's name (a regression target, e.g. `residual sugar`)."""
+    3..8 as classes) or a feature's name (a regression target, e.g. `residual sugar`, from the
+    other features and the quality score)."""
     file = Path(path).expanduser() if path else WINE_CSV
     header, *rows = file.read_text().strip().splitlines()
     names = [n.strip('"') for n in header.split(";")]
@@ -104,6 +105,10 @@ def wine(target: str = "quality_binary", path: str | None = None, threshold: int
             f"data.source.target={target!r} is not known; use quality_binary (the course's "
             f"label), quality (the score as classes) or a feature: {', '.join(features)}."
         )
+    # A feature as the target: the other ten and the quality score (z-scored too) are the
+    # inputs, as DUDL_metaparams_CodeChallenge_sugar predicts residual sugar.
+    q = (quality - quality.mean()) / quality.std()
     keep = [i for i, n in enumerate(features) if n != target]
+    x_in = torch.cat([x[:, keep], q.unsqueeze(1)], 1)
     y = x[:, features.index(target)].unsqueeze(1)
-    return Raw(Split(x[:, keep].contiguous(), y), None, DataMeta("wine", "tabular", (len(keep),), 0))
+    return Raw(Split(x_in, y), None, DataMeta("wine", "tabular", (x_in.shape[1],), 0))
