@@ -232,6 +232,13 @@ RESULTS = [
         seeds=1,
         note="10 seeds per setting in one sweep",
     ),
+    Entry("wine_dropout", "", "", per("model.dropout", "test/acc", "dropout {}")),
+    Entry(
+        "wine_sugar",
+        "",
+        "",
+        both(single("test/loss", "test MSE"), single("test/corr", "test corr")),
+    ),
     Entry("ae_gauss", "", "", single("test/mse", "test MSE")),
     Entry("ae_gauss_losses", "", "", per("loss._target_", "test/mse")),
     Entry(
