@@ -341,14 +341,17 @@ NOT_HERE = {
 }
 
 
-def compose(*overrides: str) -> DictConfig:
+def compose(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config `dlexp train <overrides>` runs (with Hydra's own node if `hydra`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from dlexp.cli import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=["trainer.progress=none", *overrides])
+        return hydra_compose(
+            "train", overrides=["trainer.progress=none", *overrides], return_hydra_config=hydra
+        )
 
 
 def notebook_of(experiment: str) -> str:
@@ -365,13 +368,14 @@ def run_jobs(experiment: str, seed: int, extra: list[str], out: Path) -> list[Jo
     from dlexp.cli import main
     from dlexp.train import train
 
-    text = (ROOT / "configs" / "experiment" / f"{experiment}.yaml").read_text()
-    if "params:" not in text:
-        cfg = compose(f"experiment={experiment}", f"seed={seed}", *extra)
+    overrides = [f"experiment={experiment}", f"seed={seed}", *extra]
+    # The file's sweep, or one it inherits from the experiment it extends.
+    params = dict(compose(*overrides, hydra=True).hydra.sweeper.params or {})
+    if not params:
+        cfg = compose(*overrides)
         return [(cfg, train(cfg, out / "run"))]
     os.environ["DLEXP_OUTPUTS"] = str(out)
-    swept_seed = "seed:" in text.split("params:", 1)[1]  # the sweep repeats seeds itself
-    seeded = [] if swept_seed else [f"seed={seed}"]
+    seeded = [] if "seed" in params else [f"seed={seed}"]  # a sweep that repeats seeds itself
     with contextlib.suppress(SystemExit):  # a diverged or failed job: the others still count
         main(["train", "-m", f"experiment={experiment}", "trainer.progress=none", *seeded, *extra])
     jobs = []
