@@ -66,6 +66,10 @@ def per(setting: str, key: str, fmt: str = "{}") -> Callable[[list[Job]], Scores
             value = OmegaConf.select(cfg, setting)
             if isinstance(value, list | tuple) or OmegaConf.is_list(value):
                 value = "[" + ",".join(map(str, value)) + "]"
+            elif isinstance(value, str) and value.startswith(("torch.", "dlexp.")):
+                value = value.rsplit(".", 1)[1]  # a _target_: its class name
+            elif value is None and setting == "scheduler._target_":
+                value = "no scheduler"
             groups.setdefault(fmt.format(value), []).append(m.get(key, float("nan")))
         return {k: statistics.fmean(v) for k, v in groups.items()}
 
