@@ -383,7 +383,8 @@ def run_jobs(experiment: str, seed: int, extra: list[str], out: Path) -> list[Jo
     with contextlib.suppress(SystemExit):  # a diverged or failed job: the others still count
         main(["train", "-m", f"experiment={experiment}", "trainer.progress=none", *seeded, *extra])
     jobs = []
-    for metrics_file in sorted((out / "sweeps").glob("*/*/metrics.json")):
+    found = (out / "sweeps").glob("*/*/metrics.json")  # job folders: <number>_<overrides>
+    for metrics_file in sorted(found, key=lambda f: int(f.parent.name.split("_")[0])):
         job_cfg = OmegaConf.load(metrics_file.parent / ".hydra" / "config.yaml")
         jobs.append((job_cfg, json.loads(metrics_file.read_text())))
     return jobs
