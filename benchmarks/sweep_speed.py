@@ -98,7 +98,8 @@ def dlexp_sweep(grid: str, launcher: str) -> float:
         ]
     else:
         args = [
-            "experiment=optimizers_lrs",
+            "data=iris",
+            "model.hidden=[64,64]",
             "optimizer=sgd",
             "data.batch_size=150",
             "trainer.epochs=200",
