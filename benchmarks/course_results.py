@@ -192,6 +192,7 @@ RESULTS = [
         seeds=1,
         note="batch 2 is 720 steps an epoch for 1,000 epochs",
     ),
+    Entry("qwerties_multioutput", "", "", single("test/acc", "test acc")),
     Entry("momentum_sweep", "", "", per("optimizer.momentum", "test/acc", "momentum {}")),
     Entry("optimizer_comparison", "", "", per("optimizer._target_", "test/acc")),
     Entry(
