@@ -248,6 +248,12 @@ RESULTS = [
     Entry("ae_gauss", "", "", single("test/mse", "test MSE")),
     Entry("ae_gauss_losses", "", "", per("loss._target_", "test/mse")),
     Entry(
+        "ae_gauss_occlusion",
+        "",
+        "",
+        both(single("test/input_mse", "occluded input MSE"), single("test/mse", "output MSE")),
+    ),
+    Entry(
         "mnist_cnn",
         "~98%",
         "DUDL_CNN_CNN4MNIST comment: 'you probably won't get much higher than 98%' (18k digits)",
