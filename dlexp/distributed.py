@@ -109,7 +109,14 @@ def main() -> None:
     logger = logging.getLogger("dlexp")
     logger.setLevel(logging.INFO)
     logger.addHandler(console_handler())
-    train(OmegaConf.create(os.environ["DLEXP_RUN_CONFIG"]), Path(os.environ[LAUNCHED]))
+    try:
+        train(OmegaConf.create(os.environ["DLEXP_RUN_CONFIG"]), Path(os.environ[LAUNCHED]))
+    finally:
+        # Leave the group while the interpreter is alive: gloo's worker threads torn down at
+        # exit can abort the process ("terminate called without an active exception": once in
+        # this session's suite runs; pytorch/pytorch#190489).
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class NullWriter:
