@@ -53,6 +53,11 @@ class Entry:
     note: str = ""
 
 
+def here(experiment: str, score: Callable[[list[Job]], Scores], **kw) -> Entry:
+    """An experiment whose notebook reports no number: dlexp's alone."""
+    return Entry(experiment, "", "", score, **kw)
+
+
 def single(key: str, label: str = "") -> Callable[[list[Job]], Scores]:
     return lambda jobs: {label: jobs[0][1][key]}
 
@@ -97,8 +102,16 @@ def rare_recall(jobs: list[Job], setting: str) -> Scores:
     return out
 
 
-def depth_means(jobs: list[Job]) -> Scores:
-    return per("model.depth", "test/acc", "depth {}")(jobs)
+def best_per_optimizer(jobs: list[Job]) -> Scores:
+    return {
+        f"{name}, best rate": max(m["test/acc"] for c, m in jobs if name in c.optimizer._target_)
+        for name in ("SGD", "RMSprop", "Adam")
+    }
+
+
+def corrupted(what: str) -> Callable[[list[Job]], Scores]:
+    """A reconstruction scored on corrupted inputs: their MSE and the output's."""
+    return both(single("test/input_mse", f"{what} input MSE"), single("test/mse", "output MSE"))
 
 
 def unit_bands(jobs: list[Job]) -> Scores:
@@ -140,9 +153,7 @@ RESULTS = [
         single("train/acc", "train acc"),
         note=NOTE_TRAIN,
     ),
-    Entry(
-        "ann_iris", "", "", both(single("train/acc", "train acc"), single("test/acc", "test acc"))
-    ),
+    here("ann_iris", both(single("train/acc", "train acc"), single("test/acc", "test acc"))),
     Entry(
         "ann_lr_sweep",
         "0.70",
@@ -158,7 +169,7 @@ RESULTS = [
         seeds=1,
         note="50 repeats of 40 rates in one sweep; its runs train 500 epochs",
     ),
-    Entry("ann_multilayer", "", "", mean_of("test/acc", "mean test acc over 50 rates")),
+    here("ann_multilayer", mean_of("test/acc", "mean test acc over 50 rates")),
     Entry(
         "ann_linear",
         "99.5-100%",
@@ -169,89 +180,66 @@ RESULTS = [
             lambda jobs: {"best rate's test acc": max(m["test/acc"] for _, m in jobs)},
         ),
     ),
-    Entry("ann_breadth_depth", "", "", depth_means, seeds=1, note="165 nets"),
-    Entry("ann_iris_units", "", "", unit_bands, seeds=1, note="128 nets"),
-    Entry(
+    here("ann_breadth_depth", per("model.depth", "test/acc", "depth {}"), seeds=1, note="165 nets"),
+    here("ann_iris_units", unit_bands, seeds=1, note="128 nets"),
+    here(
         "iris_train_proportion",
-        "",
-        "",
         per("data.test_fraction", "test/acc", "test share {}"),
     ),
-    Entry("iris_kfold", "", "", mean_of("val/acc", "mean val acc over 5 folds")),
-    Entry("l1_sweep", "", "", per("trainer.l1", "test/acc", "l1 {}")),
-    Entry("l2_sweep", "", "", per("optimizer.weight_decay", "train/acc", "L2 {} (train)")),
-    Entry("dropout_sweep", "", "", per("model.dropout", "test/acc", "dropout {}")),
-    Entry("activations", "", "", per("model.activation", "test/acc")),
-    Entry("relu_variants", "", "", per("model.activation", "test/acc")),
-    Entry("batchnorm", "", "", per("model.batch_norm", "test/acc", "batch norm {}")),
-    Entry(
+    here("iris_kfold", mean_of("val/acc", "mean val acc over 5 folds")),
+    here("l1_sweep", per("trainer.l1", "test/acc", "l1 {}")),
+    here("l2_sweep", per("optimizer.weight_decay", "train/acc", "L2 {} (train)")),
+    here("dropout_sweep", per("model.dropout", "test/acc", "dropout {}")),
+    here("activations", per("model.activation", "test/acc")),
+    here("relu_variants", per("model.activation", "test/acc")),
+    here("batchnorm", per("model.batch_norm", "test/acc", "batch norm {}")),
+    here(
         "batch_size_sweep",
-        "",
-        "",
         per("data.batch_size", "test/acc", "batch {}"),
         seeds=1,
         note="batch 2 is 720 steps an epoch for 1,000 epochs",
     ),
-    Entry("qwerties_multioutput", "", "", single("test/acc", "test acc")),
-    Entry("momentum_sweep", "", "", per("optimizer.momentum", "test/acc", "momentum {}")),
-    Entry("optimizer_comparison", "", "", per("optimizer._target_", "test/acc")),
-    Entry(
+    here("qwerties_multioutput", single("test/acc", "test acc")),
+    here("momentum_sweep", per("optimizer.momentum", "test/acc", "momentum {}")),
+    here("optimizer_comparison", per("optimizer._target_", "test/acc")),
+    here(
         "optimizers_lrs",
-        "",
-        "",
-        lambda jobs: {
-            f"{name}, best rate": max(
-                m["test/acc"] for c, m in jobs if name in c.optimizer._target_
-            )
-            for name in ("SGD", "RMSprop", "Adam")
-        },
+        best_per_optimizer,
     ),
-    Entry("adam_l2", "", "", per("optimizer.weight_decay", "test/acc", "L2 {}")),
-    Entry("lr_decay", "", "", per("scheduler._target_", "test/acc")),
-    Entry(
+    here("adam_l2", per("optimizer.weight_decay", "test/acc", "L2 {}")),
+    here("lr_decay", per("scheduler._target_", "test/acc")),
+    here(
         "init_xavier_kaiming",
-        "",
-        "",
         per("model.init", "test/acc"),
         seeds=1,
         note="10 seeds per init in one sweep",
     ),
-    Entry(
+    here(
         "wine_unbalanced",
-        "",
-        "",
         lambda jobs: rare_recall(jobs, "data.source.threshold"),
         note="rarer class's test recall per threshold",
     ),
-    Entry(
+    here(
         "wine_imbalance",
-        "",
-        "",
         lambda jobs: rare_recall(jobs, "data.balance"),
         note="rarer class's test recall per correction",
     ),
-    Entry(
+    here(
         "qwerties_features",
-        "",
-        "",
         per("data.features", "test/acc"),
         seeds=1,
         note="10 seeds per setting in one sweep",
     ),
-    Entry("wine_dropout", "", "", per("model.dropout", "test/acc", "dropout {}")),
-    Entry(
+    here("wine_dropout", per("model.dropout", "test/acc", "dropout {}")),
+    here(
         "wine_sugar",
-        "",
-        "",
         both(single("test/loss", "test MSE"), single("test/corr", "test corr")),
     ),
-    Entry("ae_gauss", "", "", single("test/mse", "test MSE")),
-    Entry("ae_gauss_losses", "", "", per("loss._target_", "test/mse")),
-    Entry(
+    here("ae_gauss", single("test/mse", "test MSE")),
+    here("ae_gauss_losses", per("loss._target_", "test/mse")),
+    here(
         "ae_gauss_occlusion",
-        "",
-        "",
-        both(single("test/input_mse", "occluded input MSE"), single("test/mse", "output MSE")),
+        corrupted("occluded"),
     ),
     Entry(
         "mnist_cnn",
@@ -259,39 +247,31 @@ RESULTS = [
         "DUDL_CNN_CNN4MNIST comment: 'you probably won't get much higher than 98%' (18k digits)",
         single("test/acc", "test acc"),
     ),
-    Entry("mnist_ffn", "", "", single("test/acc", "test acc")),
-    Entry(
+    here("mnist_ffn", single("test/acc", "test acc")),
+    here(
         "mnist_ffn_shifted",
-        "",
-        "",
         both(single("val/acc", "val acc (plain)"), single("test/acc", "test acc (rolled)")),
     ),
-    Entry("mnist_cnn_shifted", "", "", single("test/acc", "test acc (rolled)")),
-    Entry("mnist_cnn_fast", "", "", single("test/acc", "test acc")),
-    Entry("cnn_custom_loss", "", "", per("loss._target_", "test/acc")),
-    Entry("cnn_dropout_sweep", "", "", per("model.conv_dropout", "test/acc", "conv dropout {}")),
-    Entry(
+    here("mnist_cnn_shifted", single("test/acc", "test acc (rolled)")),
+    here("mnist_cnn_fast", single("test/acc", "test acc")),
+    here("cnn_custom_loss", per("loss._target_", "test/acc")),
+    here("cnn_dropout_sweep", per("model.conv_dropout", "test/acc", "conv dropout {}")),
+    here(
         "mnist_cnn_augment",
-        "",
-        "",
         lambda jobs: {
             f"rotate {c.data.augment.rotate}, scale {c.data.augment.scale}": m["test/acc"]
             for c, m in jobs
         },
     ),
-    Entry("init_std", "", "", per("model.init_std", "test/acc", "std {}"), seeds=1),
-    Entry("ae_mnist", "", "", single("test/mse", "test MSE")),
-    Entry(
+    here("init_std", per("model.init_std", "test/acc", "std {}"), seeds=1),
+    here("ae_mnist", single("test/mse", "test MSE")),
+    here(
         "ae_denoise",
-        "",
-        "",
-        both(single("test/input_mse", "noisy input MSE"), single("test/mse", "output MSE")),
+        corrupted("noisy"),
     ),
-    Entry(
+    here(
         "ae_occlusion",
-        "",
-        "",
-        both(single("test/input_mse", "occluded input MSE"), single("test/mse", "output MSE")),
+        corrupted("occluded"),
     ),
     Entry(
         "ae_latent_code",
@@ -299,11 +279,9 @@ RESULTS = [
         "DUDL_autoenc_MNISTlatentCode output: the last training batch's MSE",
         both(single("train/loss", "train MSE"), single("test/mse", "test MSE")),
     ),
-    Entry("ae_tied_weights", "", "", per("model.tied", "test/mse", "tied {}")),
-    Entry(
+    here("ae_tied_weights", per("model.tied", "test/mse", "tied {}")),
+    here(
         "ae_units_bottleneck",
-        "",
-        "",
         lambda jobs: {
             f"units {u}, bottleneck {b}": next(
                 m["test/mse"] for c, m in jobs if c.model.units == u and c.model.latent == b
@@ -312,23 +290,14 @@ RESULTS = [
         },
         seeds=1,
     ),
-    Entry(
+    here(
         "mnist_ffn_breadth_depth",
-        "",
-        "",
         per("model.depth", "test/acc", "depth {}"),
         seeds=1,
     ),
-    Entry(
+    here(
         "mnist_ffn_optimizers",
-        "",
-        "",
-        lambda jobs: {
-            f"{name}, best rate": max(
-                m["test/acc"] for c, m in jobs if name in c.optimizer._target_
-            )
-            for name in ("SGD", "RMSprop", "Adam")
-        },
+        best_per_optimizer,
         seeds=1,
     ),
 ]
