@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -337,8 +338,6 @@ def compose(*overrides: str, hydra: bool = False) -> DictConfig:
 
 def notebook_of(experiment: str) -> str:
     """The notebook an experiment file names first in its header."""
-    import re
-
     text = (ROOT / "configs" / "experiment" / f"{experiment}.yaml").read_text()
     found = re.search(r"DUDL_[A-Za-z0-9_]+", text)
     return found.group(0) if found else ""
