@@ -324,16 +324,9 @@ NOT_HERE = {
 
 
 def compose(*overrides: str, hydra: bool = False) -> DictConfig:
-    """The config `dlexp train <overrides>` runs (with Hydra's own node if `hydra`)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from dlexp.cli import compose_train
 
-    from dlexp.cli import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(
-            "train", overrides=["trainer.progress=none", *overrides], return_hydra_config=hydra
-        )
+    return compose_train("trainer.progress=none", *overrides, hydra=hydra)
 
 
 def notebook_of(experiment: str) -> str:

@@ -130,8 +130,7 @@ def dlexp_sweep(grid: str, launcher: str) -> float:
 SINGLE = (
     COURSE_LOOP
     + """
-from hydra import compose, initialize_config_dir
-from dlexp.cli import config_dir
+from dlexp.cli import compose_train
 from dlexp.train import train
 os.environ["DLEXP_OUTPUTS"] = tempfile.mkdtemp()
 data, labels = qwerties()
@@ -140,8 +139,7 @@ def course_model():
     model = nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1))
     course_fit(model, nn.BCEWithLogitsLoss(), 0.01, 1000, data, labels)
     return time.perf_counter() - start
-with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-    cfg = compose("train", overrides=["experiment=ann_lr_sweep", "trainer.progress=none"])
+cfg = compose_train("experiment=ann_lr_sweep", "trainer.progress=none")
 course_model(), train(cfg, run_dir=os.environ["DLEXP_OUTPUTS"] + "/warm")
 for i in range(int(sys.argv[1])):
     c = course_model()

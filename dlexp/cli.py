@@ -9,6 +9,10 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 USAGE = """usage: dlexp <command> [key=value ...]
 
@@ -33,6 +37,15 @@ def config_dir() -> Path:
     """The configs shipped in the wheel, or the repo's top-level configs/ in a source checkout."""
     packaged = Path(__file__).parent / "configs"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose_train(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config `dlexp train <overrides>` runs, composed in this process (for scripts and
+    tests that call `train(cfg)`); `hydra=True` keeps Hydra's own node (the sweep's params)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def fail(message: str, code: int = 2) -> None:

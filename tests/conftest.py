@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import fake_data
-from dlexp.cli import config_dir
+from dlexp.cli import compose_train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,8 +48,7 @@ def env(tmp_path, data_root, monkeypatch) -> dict[str, str]:
 
 def make_cfg(*overrides: str) -> DictConfig:
     """The config `dlexp train <overrides>` would run (quiet progress)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=["trainer.progress=none", *overrides])
+    return compose_train("trainer.progress=none", *overrides)
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
