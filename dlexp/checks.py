@@ -52,6 +52,7 @@ def _bool(v: Any) -> bool:
 
 BOOLEAN_KEYS = (
     "trainer.compile",
+    "trainer.closed_form",
     "trainer.deterministic",
     "trainer.channels_last",
     "trainer.checkpoint",

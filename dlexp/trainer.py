@@ -27,13 +27,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dlexp import closed_form
 from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
 from dlexp.data import Data, Split
 from dlexp.diagnostics import WeightLog
 from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
-from dlexp.tasks.base import higher_is_better
+from dlexp.tasks.base import Task, higher_is_better
 
 log = logging.getLogger("dlexp")
 
@@ -193,6 +194,7 @@ class Trainer:
         self.dtype = autocast_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.channels_last = False
+        self.closed_form: closed_form.ClosedFormMLP | None = None
         self.signal: int | None = None
         self.loop = LoopState()
         self.monitor: str | None = None  # the metric that picks best.pt (and the sweep objective)
@@ -220,19 +222,22 @@ class Trainer:
         self, task, model: nn.Module, data: Data, split: Split, batch_size: int, keep: bool = False
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """Metrics over a whole split (and the outputs, if `keep`)."""
+        n = len(split)
+        if not n:
+            return {}, None
         _mode(model, False)
         task.start_eval()
+        forward = self.closed_form or model
         sums: dict[str, torch.Tensor] = {}
         outputs = []
         for x, y in data.batches(split, batch_size):
             with self.autocast():
-                batch_sums, out = task.eval_step(model, self._memory_format(x), y)
+                batch_sums, out = task.eval_step(forward, self._memory_format(x), y)
             for k, v in batch_sums.items():
                 sums[k] = sums[k] + v if k in sums else v
             if keep and out is not None:
                 outputs.append(out.float())
-        metrics = task.summarize(sums, len(split)) if len(split) else {}
-        return metrics, torch.cat(outputs) if keep and outputs else None
+        return task.summarize(sums, n), torch.cat(outputs) if keep and outputs else None
 
     # ------------------------------------------------------------------- training
     def fit(
@@ -264,6 +269,13 @@ class Trainer:
             self._params[key] = {"all": params, "weights": weights, "count": count}
         self._l1, self._clip = float(cfg.l1), cfg.grad_clip
         optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
+        self.closed_form = None  # written-out gradients for plain MLPs (dlexp.closed_form)
+        plain = cfg.closed_form and self.dtype is None and not self.dist.active
+        if plain and closed_form.why_not(model, task, optimizers, cfg.compile) is None:
+            self.closed_form = closed_form.ClosedFormMLP(model, task)
+            log.info(
+                "gradients in closed form, without autograd (trainer.closed_form=false: autograd)"
+            )
         step_model = model
         if cfg.compile:
             log.info("compiling the model with torch.compile (the first steps will be slow)")
@@ -304,6 +316,7 @@ class Trainer:
         # of a 1,000-epoch run would write hundreds of megabytes of pictures.
         report_every = cfg.report_every_epochs or max(1, cfg.epochs // 50)
         weight_log = WeightLog() if cfg.log_weights else None
+        extra = type(task).extra_metrics is not Task.extra_metrics  # (a GAN's sample quality)
         self.lr = optimizer.param_groups[0]["lr"]
         self._saved_at, self._best = time.monotonic(), None
         shown = cfg.progress if self.dist.main else "none"
@@ -319,7 +332,10 @@ class Trainer:
                 val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
                 metrics = {f"train/{k}": v for k, v in train.items()}
                 metrics.update({f"val/{k}": v for k, v in val.items()})
-                metrics.update({f"val/{k}": v for k, v in self._extra(task, model, data).items()})
+                if extra:
+                    metrics.update(
+                        {f"val/{k}": v for k, v in self._extra(task, model, data).items()}
+                    )
                 if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
                     test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
                     metrics.update({f"test/{k}": v for k, v in test.items()})
@@ -409,6 +425,19 @@ class Trainer:
             optimizer.step(closure)
         return losses[-1]
 
+    def _closed_form_step(self, x: torch.Tensor, y: torch.Tensor):
+        """Task.train_step's one forward pass and _optimizer_step's update, with the
+        gradients written out (dlexp.closed_form) instead of taken by autograd."""
+        optimizer, params = self.optimizers["optimizer"], self._params["optimizer"]
+        out, loss = self.closed_form.gradients(x, y)
+        if self._l1:  # the L1 term's gradient: l1 x sign(w) / (number of weights)
+            for w in params["weights"]:
+                w.grad.add_(w.detach().sign(), alpha=self._l1 / params["count"])
+        if self._clip:
+            nn.utils.clip_grad_norm_(params["all"], self._clip)
+        optimizer.step()
+        return loss, self.task.sums(out, y, loss, x)
+
     def _train_epoch(self, step_model, batch_size, steps, step_scheduler, progress) -> None:
         """The rest of the current epoch; metric sums stay on the device."""
         cfg, loop, task = self.cfg, self.loop, self.task
@@ -417,13 +446,15 @@ class Trainer:
         every_steps = cfg.checkpoint_every_steps or 0
         every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
         last_save = time.monotonic()
-        bad_step = torch.full((), -1, device=self.device)  # first step with a non-finite loss
+        unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN (no sync per step)
         _mode(self.model, True)
-        gen = epoch_generator(self.seed, loop.epoch + 1)
+        # The data order depends on the seed and the epoch; one batch of the whole split needs
+        # none (its order changes no sum).
+        whole = batch_size >= len(self.data.train) and self.dist.world == 1
         batches = self.data.batches(
             self.data.train,
             batch_size,
-            gen,
+            None if whole else epoch_generator(self.seed, loop.epoch + 1),
             train=True,
             start=loop.batch * batch_size,
             shard=(self.dist.rank, self.dist.world),
@@ -431,20 +462,20 @@ class Trainer:
         for x, y in batches:
             if loop.batch >= steps:
                 break
-            loss, step_sums = task.train_step(
-                step_model, self._memory_format(x), y, self._optimizer_step
-            )
+            if self.closed_form is not None:
+                loss, step_sums = self._closed_form_step(x, y)
+            else:
+                loss, step_sums = task.train_step(
+                    step_model, self._memory_format(x), y, self._optimizer_step
+                )
             self.scaler.update()  # once per step, after every optimizer of the task stepped
             if step_scheduler is not None:
                 self.lr = self.optimizers["optimizer"].param_groups[0]["lr"]  # the one just used
                 step_scheduler.step()
             for k, v in step_sums.items():
                 loop.sums[k] = loop.sums[k] + v if k in loop.sums else v
-            # Track the first bad step on the device: no host sync per step.
-            bad_step = torch.where(
-                (bad_step < 0) & ~torch.isfinite(loss.detach()), loop.step + 1, bad_step
-            )
-            loop.seen += len(y)
+            unchecked.append(loss.detach())
+            loop.seen += y.shape[0]
             loop.batch += 1
             loop.step += 1
             progress.advance(loss)
@@ -453,23 +484,29 @@ class Trainer:
                 every_s and time.monotonic() - last_save >= every_s
             )
             if step % log_every == 0 or due or self.signal is not None:
-                self._check_finite(bad_step)
+                self._check_finite(unchecked)
                 if step % log_every == 0:  # this step's metrics (the only syncs mid-epoch)
                     for k, v in step_sums.items():
-                        self.writer.add_scalar(f"train/{k}_step", v.item() / len(y), step)
+                        self.writer.add_scalar(f"train/{k}_step", v.item() / y.shape[0], step)
             if (due or self.signal is not None) and cfg.checkpoint:
                 self._save()
                 last_save = time.monotonic()
             if self.signal is not None:
                 self._stop_on_signal()
-        self._check_finite(bad_step)
+        self._check_finite(unchecked)
 
     # ------------------------------------------------------- faults and checkpoints
-    def _check_finite(self, bad_step: torch.Tensor) -> None:
-        step = int(bad_step.item())
-        if step < 0:
+    def _check_finite(self, losses: list[torch.Tensor]) -> None:
+        """`losses`: the last steps' (up to loop.step), emptied once checked; a NaN or
+        infinite one stops the run."""
+        if not losses:
             return
-        epoch = self.loop.epoch + 1
+        values = [losses[0].item()] if len(losses) == 1 else torch.stack(losses).tolist()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        losses.clear()
+        if bad is None:
+            return
+        step, epoch = self.loop.step - len(values) + 1 + bad, self.loop.epoch + 1
         self._write_best()  # the best state so far is still good: keep it
         folder = self.run_dir / "checkpoints"
         kept = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]

@@ -172,6 +172,19 @@ def test_an_unknown_checkpoint_format_is_one_paragraph(env, tmp_path, capsys):
     assert code == 2 and "checkpoint format 99" in err and "Traceback" not in err
 
 
+def test_a_format_2_checkpoint_still_resumes(env, tmp_path):
+    """Format 2 kept the history as a list; format 3 pickles it as bytes (faster to write)."""
+    train(make_cfg("trainer.epochs=2"), run_dir=tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    assert [row["epoch"] for row in state["history"]] == [1, 2]
+    torch.save({**state, "format": 2}, path)  # as dlexp wrote it before
+    assert load_checkpoint(path)["history"] == state["history"]
+    final = train(make_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'run'}"))
+    assert [row["epoch"] for row in final["history"]] == [1, 2, 3]
+    assert load_checkpoint(path)["format"] == 3
+
+
 def test_an_unknown_objective_is_an_error_not_none(env, capsys):
     code, _, err = cli(capsys, "train", "trainer.epochs=1", "objective=val/f1")
     assert code == 2 and "objective='val/f1' is not a metric of this run" in err

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import cli, dlexp, make_cfg, read_hparams, read_tags
+from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import config_dir, main
 from dlexp.data import load_data
 from dlexp.train import build, train
@@ -268,7 +269,7 @@ def test_one_objective_for_the_sweeper_the_summary_the_report_and_best_pt(env, c
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert float(rows[0]["val/acc"]) == max(m["val/acc"] for m in metrics)  # starred = first
     for job, m in zip(jobs(sweep), metrics, strict=True):  # best.pt: the best val/acc epoch
-        best = torch.load(job / "checkpoints" / "best.pt", weights_only=True)
+        best = load_checkpoint(job / "checkpoints" / "best.pt")
         assert best["history"][-1]["val/acc"] == max(h["val/acc"] for h in m["history"])
 
 

@@ -86,6 +86,9 @@ class Data:
         world)` keeps one process's share of that order.
         """
         n = len(split)
+        if generator is None and start == 0 and 0 < n <= batch_size:  # the whole split, unsliced
+            yield self.prepare(split.x, train), split.y
+            return
         order = torch.randperm(n, generator=generator) if generator is not None else None
         if order is not None:
             rank, world = shard  # each process of a distributed run takes every world-th sample

@@ -31,6 +31,8 @@ class Task:
     # The default step runs the model's forward, which DistributedDataParallel synchronises;
     # a task that calls parts of its model (a GAN's generator, discriminator) is not ready.
     ddp_ready: bool = True
+    # Whether `loss_and_grad` holds this task's loss and its gradient (dlexp.closed_form).
+    closed_form_loss: bool = False
 
     def prepare(
         self, x: torch.Tensor, y: torch.Tensor, train: bool
@@ -39,6 +41,12 @@ class Task:
         return x, y
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_and_grad(
+        self, out: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss(out, target)` and its gradient with respect to `out`, written out."""
         raise NotImplementedError
 
     def train_step(
@@ -67,7 +75,7 @@ class Task:
         self, out: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, inputs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Per-batch metric sums, kept on the device (no host sync)."""
-        return {"loss": loss.detach().float() * len(target)}
+        return {"loss": loss.detach().float() * target.shape[0]}
 
     def job_scores(
         self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor
@@ -86,7 +94,11 @@ class Task:
     def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """Epoch metrics from the summed values: one host sync per epoch. The batched launcher
         passes sums with one value per job (shape (jobs,)) and reads back lists."""
-        values = torch.stack(list(sums.values())).double().div(max(count, 1)).tolist()
+        n = max(count, 1)  # (divided in Python, in double precision: fewer ops than on tensors)
+        values = [
+            [v / n for v in row] if isinstance(row, list) else row / n
+            for row in torch.stack(list(sums.values())).tolist()
+        ]
         return dict(zip(sums, values, strict=True))
 
     def begin(self, model: nn.Module, data, fresh: bool) -> None:

@@ -37,12 +37,18 @@ class Classification(Task):
         else:
             self.default_loss = loss is None
         self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
+        self.closed_form_loss = self.default_loss
         self._loss_device = torch.device("cpu")  # where the loss's weights are
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
-        return (out.squeeze(1) > 0).long() if self.binary else out.argmax(1)
+        """Class indices (bools for one logit: False/True are classes 0/1)."""
+        return out.squeeze(1) > 0 if self.binary else out.argmax(1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.default_loss:  # (the functions themselves: a module call costs microseconds)
+            if self.binary:
+                return F.binary_cross_entropy_with_logits(out.squeeze(1), y.to(out.dtype))
+            return F.cross_entropy(out, y)
         if out.device != self._loss_device:  # class weights follow the outputs' device
             self.loss_fn.to(out.device)
             self._loss_device = out.device
@@ -50,10 +56,23 @@ class Classification(Task):
             return self.loss_fn(out.squeeze(1), y.to(out.dtype))
         return self.loss_fn(out, y)
 
+    def loss_and_grad(self, out, y):
+        """The default losses' gradients: (sigmoid - target) / N for one logit, (softmax -
+        one-hot) / N for C."""
+        if self.binary:
+            logit, target = out.squeeze(1), y.to(out.dtype)
+            loss = F.binary_cross_entropy_with_logits(logit, target)
+            return loss, ((torch.sigmoid(logit) - target) / y.shape[0]).unsqueeze(1)
+        return F.cross_entropy(out, y), (
+            torch.softmax(out, 1) - F.one_hot(y, out.shape[1])
+        ) / y.shape[0]
+
     def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
+        if out.requires_grad:  # (a detach costs as much as a small op: only where needed)
+            out, loss = out.detach(), loss.detach()
         return {
-            "loss": loss.detach().float() * len(y),
-            "acc": (self.predict(out.detach()) == y).sum().float(),
+            "loss": loss.float() * y.shape[0],
+            "acc": (self.predict(out) == y).sum(dtype=torch.float32),
         }
 
     def job_scores(self, out, y, x):
