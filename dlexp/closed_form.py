@@ -79,43 +79,57 @@ def why_not(model: nn.Module, task: Task, optimizers: dict, compiled: bool) -> s
     return None
 
 
+class _Linear:
+    def __init__(self, m: nn.Linear) -> None:
+        self.weight, self.bias = m.weight, m.bias
+        with torch.no_grad():  # (a view: the optimizer's in-place updates show through it)
+            self.weight_t = m.weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_t)  # (what nn.Linear computes)
+
+    def backward(self, grad, x, y, needs_input: bool) -> torch.Tensor | None:
+        self.weight.grad, self.bias.grad = grad.t().mm(x), grad.sum(0)
+        return grad.mm(self.weight) if needs_input else None
+
+
+class _Activation:
+    def __init__(self, m: nn.Module) -> None:
+        self.module, (self._forward, self._backward) = m, ACTIVATIONS[type(m)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.module, x)
+
+    def backward(self, grad, x, y, needs_input: bool) -> torch.Tensor:
+        return self._backward(self.module, grad, x, y)
+
+
 class ClosedFormMLP:
     """The MLP's forward pass (callable like the model, under no_grad or inference_mode), and
-    its gradients."""
+    its gradients. It holds the model's own parameters (looking them up on the modules costs a
+    microsecond each): build it after the model is on its device."""
 
     def __init__(self, model: MLP, task: Task) -> None:
         self.task = task
-        # The layers after the leading Flatten: (weight, weight.t(), bias) for a Linear, the
-        # activation's (module, forward, backward) otherwise. Module attribute lookups cost a
-        # microsecond each; the optimizer and load_state_dict change these tensors in place.
-        self.layers: list[tuple] = []
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.Linear):
-                    self.layers.append((m.weight, m.weight.t(), m.bias))
-                elif type(m) in ACTIVATIONS:
-                    self.layers.append((m, *ACTIVATIONS[type(m)]))
+        self.layers = [  # (the leading Flatten aside)
+            _Linear(m) if isinstance(m, nn.Linear) else _Activation(m)
+            for m in model.modules()
+            if isinstance(m, nn.Linear) or type(m) in ACTIVATIONS
+        ]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for a, b, c in self.layers:
-            x = torch.addmm(c, x, b) if isinstance(a, torch.Tensor) else b(a, x)
+        for layer in self.layers:
+            x = layer.forward(x)
         return x
 
     def gradients(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sets every parameter's .grad to d(loss)/d(parameter); returns (outputs, loss)."""
         with torch.no_grad():
             values = [x.flatten(1)]  # each layer's input, then the outputs
-            for a, b, c in self.layers:
-                x = values[-1]
-                values.append(torch.addmm(c, x, b) if isinstance(a, torch.Tensor) else b(a, x))
+            for layer in self.layers:
+                values.append(layer.forward(values[-1]))
             loss, grad = self.task.loss_and_grad(values[-1], target)
-            for i in range(len(self.layers) - 1, -1, -1):
-                (a, b, c), x = self.layers[i], values[i]
-                if isinstance(a, torch.Tensor):  # a Linear: weight, weight.t(), bias
-                    a.grad, c.grad = grad.t().mm(x), grad.sum(0)
-                    if i:  # (the first layer's input needs no gradient)
-                        grad = grad.mm(a)
-                else:
-                    grad = c(a, grad, x, values[i + 1])
+            for i in range(len(self.layers) - 1, -1, -1):  # (the input needs no gradient)
+                grad = self.layers[i].backward(grad, values[i], values[i + 1], needs_input=i > 0)
         return values[-1], loss
