@@ -17,7 +17,7 @@ from dlexp.data import load_data
 from dlexp.distributed import NullWriter, launch, setup
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
-from dlexp.run import Run, load_run, open_run
+from dlexp.run import Run, load_run, open_run, yaml_text
 from dlexp.tasks import build_task
 from dlexp.trainer import Diverged, Interrupted, Trainer, pick_device, write_metrics
 
@@ -175,7 +175,7 @@ def _fit(run: Run) -> dict[str, Any]:
         run_dir,
         cfg.seed,
         writer,
-        OmegaConf.to_yaml(cfg, resolve=True),
+        yaml_text(OmegaConf.to_container(cfg, resolve=True)),  # (libyaml: ~1 ms, not ~9)
         resume_command=run.resume_command,
         dist=ddp,
         run_id=run.id,
