@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -12,37 +13,37 @@ from conftest import make_cfg
 from dlexp import closed_form
 from dlexp.checkpoint import load_checkpoint
 from dlexp.models.layers import ACTIVATIONS
+from dlexp.models.mlp import MLP
 from dlexp.train import build, build_optimizer, train
 
 CPU = torch.device("cpu")
 
 
-def autograd_and_closed_form(*overrides: str):
-    """(autograd's outputs, loss, gradients; the closed form's) on a training split."""
-    cfg = make_cfg(*overrides, "model.hidden=[8,5]")
-    data, task, model = build(cfg, CPU)
+@functools.cache
+def data_and_task(name: str):
+    data, task, _ = build(make_cfg(f"data={name}"), CPU)
+    return data, task
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("name", ["qwerties", "iris", "regression"])  # BCE, cross-entropy, MSE
+def test_gradients_equal_autograds(env, name, activation):
+    data, task = data_and_task(name)
+    torch.manual_seed(0)
+    model = MLP(data.meta.input_shape, task.num_outputs, [8, 5], activation)
     x, y = data.train.x, data.train.y
     out = model(x)
     loss = task.loss(out, y)
     loss.backward()
-    expected = out.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
     for p in model.parameters():
         p.grad = None
-    out, loss = closed_form.ClosedFormMLP(model, task).gradients(x, y)
-    return expected, (out, loss, [p.grad for p in model.parameters()])
-
-
-@pytest.mark.parametrize("activation", list(ACTIVATIONS))
-@pytest.mark.parametrize("data", ["qwerties", "iris", "regression"])  # BCE, cross-entropy, MSE
-def test_gradients_equal_autograds(env, data, activation):
-    (out, loss, grads), (cf_out, cf_loss, cf_grads) = autograd_and_closed_form(
-        f"data={data}", f"model.activation={activation}"
-    )
-    assert torch.equal(cf_out, out)  # the same ops forward
-    torch.testing.assert_close(cf_loss, loss, rtol=1e-6, atol=0)
-    assert len(cf_grads) == len(grads) == 6
-    for got, want in zip(cf_grads, grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    cf_out, cf_loss = closed_form.ClosedFormMLP(model, task).gradients(x, y)
+    assert torch.equal(cf_out, out.detach())  # the same ops forward
+    torch.testing.assert_close(cf_loss, loss.detach(), rtol=1e-6, atol=0)
+    assert len(grads) == 6
+    for p, want in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
 
 
 def test_a_run_in_closed_form_matches_one_through_autograd(env, tmp_path, caplog):
