@@ -267,3 +267,22 @@ def test_a_terminal_hears_at_once_that_train_is_loading(env, capsys, monkeypatch
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # not in logs and pipes
     code, _, err = cli(capsys, "train", "trainer.epochs=1")
     assert code == 0 and "loading PyTorch" not in err
+
+
+def test_epoch_lines_come_about_50_times_a_run_and_the_bar_ends_full(env, capsys):
+    """A 1,000-epoch course run takes a fraction of a second: a line for each epoch would be
+    a wall of text (the history is in metrics.json); the bar still ends at 1000/1000."""
+    args = ["train", "experiment=ann_lr_sweep", "trainer.epochs=100"]
+    code, out, err = cli(capsys, *args, "trainer.progress=log")
+    assert code == 0, err
+    shown = [
+        int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")
+    ]
+    assert shown == [1, *range(2, 101, 2)]  # the first, then every 100 // 50 = 2nd
+    (run,) = runs(env)
+    assert (run / "train.log").read_text().count("  train/loss ") == 51
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == list(range(1, 101))
+    code, out, err = cli(capsys, *args, "trainer.progress=bar", "trainer.epochs=1000")
+    assert code == 0, err
+    assert "1000/1000" in out  # rich draws the finished bar when it stops
