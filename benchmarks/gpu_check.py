@@ -3,8 +3,9 @@
     python benchmarks/gpu_check.py [--out results.md]
 
 Full-size generated MNIST (60,000 train / 10,000 test, the real shapes) is written to a
-temporary root; the course's CNN trains 2 epochs per setting through `dlexp train device=cuda`
-and the second epoch's time is reported (the first includes cuDNN autotuning and warm-up).
+temporary root; the course's CNN (and its MNIST FFN, closed-form gradients against autograd's)
+trains 2 epochs per setting through `dlexp train device=cuda` and the second epoch's time is
+reported (the first includes cuDNN autotuning and warm-up).
 """
 
 from __future__ import annotations
@@ -21,16 +22,22 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 import fake_data  # noqa: E402
 
+CNN = ["model=cnn"]
+MLP = ["model=ann", "model.hidden=[64,32,32]", "data.batch_size=32", "trainer.precision=fp32"]
 SETTINGS = [
-    ("batch 32, fp32", ["data.batch_size=32", "trainer.precision=fp32"]),
-    ("batch 32, bf16", ["data.batch_size=32", "trainer.precision=bf16"]),
-    ("batch 256, fp32", ["data.batch_size=256", "trainer.precision=fp32"]),
-    ("batch 256, bf16", ["data.batch_size=256", "trainer.precision=bf16"]),
-    ("batch 256, fp16 (GradScaler)", ["data.batch_size=256", "trainer.precision=fp16"]),
+    ("CNN, batch 32, fp32", [*CNN, "data.batch_size=32", "trainer.precision=fp32"]),
+    ("CNN, batch 32, bf16", [*CNN, "data.batch_size=32", "trainer.precision=bf16"]),
+    ("CNN, batch 256, fp32", [*CNN, "data.batch_size=256", "trainer.precision=fp32"]),
+    ("CNN, batch 256, bf16", [*CNN, "data.batch_size=256", "trainer.precision=bf16"]),
+    ("CNN, batch 256, fp16 (GradScaler)", [*CNN, "data.batch_size=256", "trainer.precision=fp16"]),
     (
-        "batch 256, bf16, compile",
-        ["data.batch_size=256", "trainer.precision=bf16", "trainer.compile=true"],
+        "CNN, batch 256, bf16, compile",
+        [*CNN, "data.batch_size=256", "trainer.precision=bf16", "trainer.compile=true"],
     ),
+    # The course's MNIST FFN (784-64-32-32-10): closed-form gradients against autograd's on
+    # the GPU; the two test accuracies should agree.
+    ("MLP, batch 32, fp32, closed form", MLP),
+    ("MLP, batch 32, fp32, autograd", [*MLP, "trainer.closed_form=false"]),
 ]
 
 
@@ -45,7 +52,7 @@ def main() -> None:
     env = {**os.environ, "DLEXP_DATA": str(tmp / "data"), "DLEXP_OUTPUTS": str(tmp / "out")}
     lines = [
         f"GPU check: {torch.cuda.get_device_name()}, torch {torch.__version__}",
-        "MNIST CNN (course), generated full-size MNIST, 2 epochs, device=cuda; epoch 2 shown",
+        "MNIST CNN and FFN (course), generated full-size MNIST, 2 epochs, device=cuda; epoch 2",
         "",
         "| setting | epoch 2 s | samples/s | test acc | wall s (process) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -61,7 +68,6 @@ def main() -> None:
                 "-m",
                 "dlexp",
                 "train",
-                "model=cnn",
                 "data=mnist",
                 "device=cuda",
                 "trainer.epochs=2",
