@@ -269,10 +269,11 @@ class Trainer:
             self._params[key] = {"all": params, "weights": weights, "count": count}
         self._l1, self._clip = float(cfg.l1), cfg.grad_clip
         optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
-        self.closed_form = None  # written-out gradients for plain MLPs (dlexp.closed_form)
+        # Written-out gradients for plain MLPs (dlexp.closed_form), in fp32 and one process.
         plain = cfg.closed_form and self.dtype is None and not self.dist.active
-        if plain and closed_form.why_not(model, task, optimizers, cfg.compile) is None:
-            self.closed_form = closed_form.ClosedFormMLP(model, task)
+        usable = plain and closed_form.why_not(model, task, optimizers, cfg.compile) is None
+        self.closed_form = closed_form.ClosedFormMLP(model, task) if usable else None
+        if usable:
             log.info(
                 "gradients in closed form, without autograd (trainer.closed_form=false: autograd)"
             )

@@ -37,6 +37,11 @@ class Classification(Task):
         else:
             self.default_loss = loss is None
         self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
+        # The default losses are called as functions (a module call costs microseconds, and a
+        # course run scores 1,000 epochs); they have closed-form gradients (loss_and_grad).
+        self._loss = self.loss_fn
+        if self.default_loss:
+            self._loss = F.binary_cross_entropy_with_logits if self.binary else F.cross_entropy
         self.closed_form_loss = self.default_loss
         self._loss_device = torch.device("cpu")  # where the loss's weights are
 
@@ -45,27 +50,19 @@ class Classification(Task):
         return out.squeeze(1) > 0 if self.binary else out.argmax(1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.default_loss:  # (the functions themselves: a module call costs microseconds)
-            if self.binary:
-                return F.binary_cross_entropy_with_logits(out.squeeze(1), y.to(out.dtype))
-            return F.cross_entropy(out, y)
-        if out.device != self._loss_device:  # class weights follow the outputs' device
+        if not self.default_loss and out.device != self._loss_device:  # class weights follow
             self.loss_fn.to(out.device)
             self._loss_device = out.device
         if self.binary:
-            return self.loss_fn(out.squeeze(1), y.to(out.dtype))
-        return self.loss_fn(out, y)
+            return self._loss(out.squeeze(1), y.to(out.dtype))
+        return self._loss(out, y)
 
     def loss_and_grad(self, out, y):
         """The default losses' gradients: (sigmoid - target) / N for one logit, (softmax -
         one-hot) / N for C."""
-        if self.binary:
-            logit, target = out.squeeze(1), y.to(out.dtype)
-            loss = F.binary_cross_entropy_with_logits(logit, target)
-            return loss, ((torch.sigmoid(logit) - target) / y.shape[0]).unsqueeze(1)
-        return F.cross_entropy(out, y), (
-            torch.softmax(out, 1) - F.one_hot(y, out.shape[1])
-        ) / y.shape[0]
+        expected = y.unsqueeze(1) if self.binary else F.one_hot(y, out.shape[1])
+        probs = torch.sigmoid(out) if self.binary else torch.softmax(out, 1)
+        return self.loss(out, y), (probs - expected) / y.shape[0]
 
     def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
         if out.requires_grad:  # (a detach costs as much as a small op: only where needed)
