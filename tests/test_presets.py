@@ -1,0 +1,69 @@
+"""What a preset file states is what runs: every value a model, data or experiment file sets
+survives composition (no group merged after it silently replaces it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from dlexp.cli import compose_train
+
+CONFIGS = REPO / "configs"
+
+
+def leaves(node: object, prefix: str = ""):
+    """(dotted key, value) of every leaf of a plain config tree; lists are leaves."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def lookup(tree: dict, key: str) -> object:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return "<absent>"
+        tree = tree[part]
+    return tree
+
+
+def stated(path: Path) -> list[tuple[str, object]]:
+    """What a group file sets (unresolved), with the keys where composition puts them."""
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    node.pop("defaults", None)
+    node.pop("hydra", None)  # the sweep's params (Hydra's own node)
+    package = "" if "@package _global_" in path.read_text() else f"{path.parent.name}."
+    return [(package + k, v) for k, v in leaves(node)]
+
+
+FILES = [
+    *sorted((CONFIGS / "model").glob("*.yaml")),
+    *sorted((CONFIGS / "data").glob("*.yaml")),
+    *sorted((CONFIGS / "experiment").glob("*.yaml")),
+]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}={p.stem}")
+def test_every_value_a_preset_states_survives_composition(path):
+    cfg = OmegaConf.to_container(compose_train(f"{path.parent.name}={path.stem}"))
+    lost = [
+        f"{key}: the file says {value!r}, the composed config {lookup(cfg, key)!r}"
+        for key, value in stated(path)
+        if lookup(cfg, key) != value
+    ]
+    assert not lost, "\n".join(lost)
+
+
+def test_gan_presets_keep_their_optimizers():
+    """The issue's own cases, as `dlexp train model=... --cfg job` shows them."""
+    dcgan = compose_train("model=dcgan")
+    assert dcgan.optimizer.lr == 0.0002 and list(dcgan.optimizer.betas) == [0.5, 0.999]
+    assert dcgan.optimizer_d.lr == 0.0002 and list(dcgan.optimizer_d.betas) == [0.5, 0.999]
+    assert compose_train("model=gan").optimizer.lr == 0.0003
+    assert compose_train("experiment=dcgan_fashion").optimizer.lr == 0.0002
+    # A group chosen on the command line still replaces the preset's choice.
+    assert compose_train("model=gan", "optimizer.lr=0.01").optimizer.lr == 0.01
