@@ -1,0 +1,167 @@
+"""A job's numbers never depend on how it was launched: the batched launcher (jobs trained as
+one stacked model) against Hydra's basic launcher (one `train(cfg)` after another), on a matrix
+of groupable configs. Every numeric value of metrics.json, every TensorBoard scalar (read back
+by TensorBoard's own EventAccumulator) and the checkpoints must agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, read_scalars
+from dlexp.checkpoint import load_checkpoint
+
+# Stacked and sequential steps differ only by floating-point reordering (a batched matmul for
+# every job against one matmul per job; the optimizers' arithmetic written out).
+RTOL = 1e-5
+TIMES = ("time_s", "samples_per_s", "train_seconds")
+IRIS = ["data=iris", "data.batch_size=16", "trainer.epochs=3", "trainer.checkpoint_interval=0"]
+
+MATRIX = {
+    # SGD with and without momentum, weight decay and L1, mini-batches in each job's own order
+    "sgd": [
+        *IRIS,
+        "optimizer=sgd",
+        "optimizer.momentum=0,0.9",
+        "optimizer.weight_decay=0,0.01",
+        "trainer.l1=0.001",
+    ],
+    "sgd-nesterov": [
+        *IRIS,
+        "optimizer=sgd",
+        "optimizer.nesterov=true",
+        "optimizer.momentum=0.5,0.9",
+    ],
+    # per-job betas and eps
+    "adam": [
+        *IRIS,
+        "optimizer=adam",
+        "optimizer.betas=[0.9,0.999],[0.8,0.99]",
+        "optimizer.eps=1e-8,1e-6",
+    ],
+    "adamw": [*IRIS, "optimizer=adamw", "optimizer.weight_decay=0.01,0.1", "seed=1,2"],
+    "rmsprop-momentum": [
+        *IRIS,
+        "optimizer=rmsprop",
+        "optimizer.momentum=0,0.5",
+        "optimizer.lr=0.001",
+    ],
+    # one step of 16 a epoch, no validation split (best.pt follows the train metric), the test
+    # split scored every epoch
+    "max-steps-no-val": [
+        *IRIS,
+        "optimizer=sgd",
+        "optimizer.lr=0.01,0.02",
+        "trainer.max_steps_per_epoch=1",
+        "data.val_fraction=0",
+        "trainer.test_every_epoch=true",
+    ],
+    # regression: the task's loss and correlation
+    "regression": [
+        "data=regression",
+        "optimizer=rmsprop",
+        "optimizer.lr=0.001,0.003",
+        "trainer.epochs=3",
+    ],
+}
+ADAM = ("adam", "adamw", "rmsprop-momentum")  # see compare_checkpoints
+
+
+def sweep(capsys, folder: Path, *args: str) -> str:
+    code, out, err = cli(
+        capsys, "train", "-m", "trainer.progress=none", *args, f"hydra.sweep.dir={folder}"
+    )
+    assert code == 0, out + err
+    return out + err
+
+
+def jobs(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / "metrics.json").is_file()}
+
+
+def close(a: float, b: float, rel: float = RTOL) -> bool:
+    return a == pytest.approx(b, rel=rel, abs=1e-7) or (a != a and b != b)
+
+
+def compare_metrics(a: Path, b: Path) -> None:
+    ours, ref = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    assert ours.keys() == ref.keys()
+    for key, value in ref.items():
+        if key in TIMES or key == "history":
+            continue
+        if isinstance(value, float):
+            assert close(ours[key], value), (a.name, key, ours[key], value)
+        else:
+            assert ours[key] == value, (a.name, key)
+
+
+def compare_scalars(a: Path, b: Path) -> None:
+    ours, ref = read_scalars(a), read_scalars(b)
+    assert ours.keys() == ref.keys()
+    for tag, points in ref.items():
+        if any(t in tag for t in TIMES):
+            continue
+        assert [s for s, _ in ours[tag]] == [s for s, _ in points], tag
+        for (_, x), (_, y) in zip(ours[tag], points, strict=True):
+            assert close(x, y), (a.name, tag, x, y)
+
+
+def compare_checkpoints(a: Path, b: Path, weights: bool) -> None:
+    for name in ("last.pt", "best.pt"):
+        ours, ref = (load_checkpoint(p / "checkpoints" / name) for p in (a, b))
+        assert {k: v for k, v in ours["loop"].items() if k != "best"} == {
+            k: v for k, v in ref["loop"].items() if k != "best"
+        }
+        assert close(ours["loop"]["best"], ref["loop"]["best"])
+        assert ours["optimizers"].keys() == ref["optimizers"].keys()
+        for key, state in ref["optimizers"].items():
+            assert ours["optimizers"][key]["param_groups"] == state["param_groups"]
+            assert ours["optimizers"][key]["state"].keys() == state["state"].keys()
+        # Adam-like optimizers move a weight whose gradient is ~0 (a dead unit's) by ~lr
+        # either way as rounding tips its sign: those runs' weights are held through the
+        # metrics and curves above (a dead unit changes no output), the rest directly.
+        if weights:
+            for k, v in ref["model"].items():
+                torch.testing.assert_close(ours["model"][k], v, rtol=RTOL, atol=1e-6)
+
+
+KNOWN = {  # found by this harness; mended by the one-engine redesign (issue #24)
+    "max-steps-no-val": "the stacked loop trains on the whole split when max_steps caps it",
+    "adamw": "the stacked checkpoint's AdamW param_groups lack decoupled_weight_decay",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN[c], strict=True)) if c in KNOWN else c
+        for c in MATRIX
+    ],
+)
+def test_batched_and_basic_launchers_give_the_same_numbers(env, tmp_path, capsys, case):
+    args = MATRIX[case]
+    log = sweep(capsys, tmp_path / "batched", *args, "hydra/launcher=batched")
+    sweep(capsys, tmp_path / "basic", *args, "hydra/launcher=basic")
+    stacked, sequential = jobs(tmp_path / "batched"), jobs(tmp_path / "basic")
+    n = len(sequential)
+    assert n >= 2 and stacked.keys() == sequential.keys()
+    assert f"{n} of {n} jobs in 1 stacked group" in log  # (so the two paths really differ)
+    for name, folder in sequential.items():
+        compare_metrics(stacked[name], folder)
+        compare_scalars(stacked[name], folder)
+        compare_checkpoints(stacked[name], folder, weights=case not in ADAM)
+
+
+@pytest.mark.xfail(reason=KNOWN["max-steps-no-val"], strict=True)
+def test_the_l1_sweep_gives_the_same_numbers_on_both_launchers(env, tmp_path, capsys):
+    """The issue's command: the L1 sweep (one batch of 64 an epoch) for 50 epochs."""
+    args = ["experiment=l1_sweep", "trainer.l1=0,0.005", "trainer.epochs=50"]
+    sweep(capsys, tmp_path / "batched", *args)  # the experiment's own launcher: batched
+    sweep(capsys, tmp_path / "basic", *args, "hydra/launcher=basic")
+    stacked, sequential = jobs(tmp_path / "batched"), jobs(tmp_path / "basic")
+    assert len(sequential) == 2 and stacked.keys() == sequential.keys()
+    for name, folder in sequential.items():
+        compare_metrics(stacked[name], folder)
