@@ -52,7 +52,6 @@ def _bool(v: Any) -> bool:
 
 BOOLEAN_KEYS = (
     "trainer.compile",
-    "trainer.closed_form",
     "trainer.deterministic",
     "trainer.channels_last",
     "trainer.checkpoint",
@@ -80,6 +79,7 @@ RULES: dict[str, Rule] = {
     ),
     "trainer.l1": Rule(_num(0), "a number >= 0 (0 turns the L1 penalty off), e.g. 0.001"),
     "trainer.log_every_steps": Rule(_int(1), "a whole number >= 1, e.g. 50"),
+    "trainer.log_every_epochs": Rule(_int(1), "a whole number >= 1, e.g. 1"),
     "trainer.max_steps_per_epoch": Rule(_int(1), "a whole number >= 1, or null for all", True),
     "trainer.checkpoint_interval": Rule(_num(0), "a number of seconds >= 0 (0: every epoch)"),
     "trainer.checkpoint_every_steps": Rule(_int(1), "a whole number >= 1, or null", True),

@@ -171,7 +171,8 @@ def cmd_data(args: list[str]) -> None:
         if "root" not in cfg.source:  # generated, shipped, or the user's own image files
             print(f"  {path.stem:<14} {'built in':<14} {about}")
             continue
-        folder, files = expected_files(cfg.name, opts["root"], cfg.source.get("split", "letters"))
+        split = {"split": cfg.source.split} if "split" in cfg.source else {}
+        folder, files = expected_files(cfg.name, opts["root"], **split)
         missing = [f for f in files if not (folder / f).is_file()]
         status = "present" if not missing else f"missing {len(missing)} of {len(files)}"
         print(f"  {path.stem:<14} {status:<14} {about}")

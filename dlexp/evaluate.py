@@ -6,17 +6,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dlexp.build import load_run, seed_everything
 from dlexp.data import load_data
-from dlexp.run import load_run
+from dlexp.device import resolve_device
+from dlexp.steps import ModuleStep
 from dlexp.tasks import build_task
-from dlexp.train import resolve_device, seed_everything
-from dlexp.trainer import Trainer
+from dlexp.train import namespace
 
 log = logging.getLogger("dlexp")
 
 
 def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict[str, Any]:
     """Test metrics of `run` (a run folder or checkpoint file), named like training's test/*."""
+    from omegaconf import OmegaConf
+
     loaded = load_run(run, which)
     cfg = loaded.cfg
     cfg.device.type = device
@@ -24,13 +27,14 @@ def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict
     dev = resolve_device(cfg.device)
     data = load_data(cfg.data, cfg.seed).to(dev)
     task = build_task(cfg.task, data.meta, cfg.get("loss"))
-    trainer = Trainer(cfg.trainer, dev, loaded.path.parent, cfg.seed, None, "")
-    trainer.prepare(loaded.model)
-    test, outputs = trainer.evaluate(
-        task, loaded.model, data, data.test, cfg.data.eval_batch_size, keep=True
-    )
+    trainer = namespace(OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer.compile = False
+    step = ModuleStep(task, loaded.model, data, {}, None, "epoch", trainer, dev, cfg.seed)
+    sums, outputs = step.evaluate("test", cfg.data.eval_batch_size, keep=True)
+    flat = {k: v.reshape(-1) for k, v in (sums or {}).items()}
+    test = {k: v[0] for k, v in task.summarize(flat, len(data.test)).items()} if flat else {}
     if outputs is not None:
-        test.update(task.test_metrics(outputs, data.test.y))
+        test.update(task.test_metrics(outputs[0], data.test.y))
     metrics = {f"test/{k}": v for k, v in test.items()}
     epoch = loaded.state["loop"]["epoch"]
     overall = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.count("/") == 1)

@@ -136,7 +136,10 @@ class EventWriter(SummaryWriter):
                 floats = np.asarray(args[1::2], dtype=np.float64).astype(np.float32)
             args[1::2] = floats.tolist()
             summary = packer.pack(*args)
-        event = _event_head(int(step), time.time()) + field + summary
+        self.raw(_event_head(int(step), time.time()) + field + summary)
+
+    def raw(self, event: bytes) -> None:
+        """An Event already encoded (scalars_event: a group encodes each epoch once)."""
         self._get_file_writer().event_writer.add_raw(event)
 
     def _get_file_writer(self) -> FileWriter:

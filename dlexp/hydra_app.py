@@ -210,7 +210,7 @@ def hydra_job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from dlexp.errors import user_error
-    from dlexp.train import train
+    from dlexp.run import train
     from dlexp.trainer import Interrupted
 
     job = IN_HYDRA_JOB.set(True)

@@ -190,13 +190,13 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
     from dlexp.checkpoint import one_sync
     from dlexp.hydra_app import sweep_job_failed
     from dlexp.run import IN_HYDRA_JOB, objective, open_run
-    from dlexp.stacked import StackedGroup
+    from dlexp.train import fit
     from dlexp.trainer import Interrupted
 
     first, last = configs[0].hydra.job.num, configs[-1].hydra.job.num
     print(f"dlexp: sweep jobs {first}-{last}: trained together as one stacked model", flush=True)
     values: list[Any] = [None] * len(configs)
-    by_epoch: dict[int, list[int]] = defaultdict(list)  # jobs continue from where they stopped
+    by_epoch: dict[tuple, list[int]] = defaultdict(list)  # jobs continue where they stopped
     token = IN_HYDRA_JOB.set(True)
     try:
         with contextlib.ExitStack() as stack:
@@ -218,12 +218,13 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
                     values[i] = objective(run.cfg, run.done)
                     continue
                 runs[i] = run
-                by_epoch[run.resume["loop"]["epoch"] if run.resume else 0].append(i)
+                loop = run.resume["loop"] if run.resume else {}
+                by_epoch[tuple(loop.get(k, 0) for k in ("epoch", "batch", "step"))].append(i)
             opening.close()
             for members in by_epoch.values():
                 group = [runs[i] for i in members]
                 try:
-                    finals = StackedGroup(group, [configs[i].hydra for i in members]).fit()
+                    finals = fit(group, [configs[i].hydra for i in members])
                 except Interrupted as stop:
                     print(f"dlexp: {stop}", file=sys.stderr)
                     raise SystemExit(stop.exit_code) from None

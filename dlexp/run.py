@@ -1,14 +1,15 @@
-"""The life of a run, from its composed config.
+"""The life of a run, from its composed config: `train(cfg)`.
 
 This module owns: the run folder's name (`run_name`, for single runs, resumed runs and
 torchrun), claiming the folder (`claim`: a lock naming the process; another run's folder is
 never overwritten), what the folder already holds (a finished run, an unfinished one to
-continue, a finished sweep job to skip), resuming (`trainer.resume`), the sweep objective,
-`load_run` for every command that starts from a finished run, and the sweep objective. `dlexp.hydra_app` is the command line around it.
+continue, a finished sweep job to skip), resuming (`trainer.resume`), launching
+`trainer.devices=N` processes (torchrun) and the sweep objective. `dlexp.hydra_app` is the
+command line around it; dlexp.train trains what it opens.
 
-`open_run` ties these together for `train(cfg)`: it yields a `Run` that says where to write,
-which config to train and which checkpoint to continue from, and it releases the folder (and
-removes what it made, if the run was refused before training) when the run ends.
+`open_run` ties these together: it yields a `Run` that says where to write, which config to
+train and which checkpoint to continue from, and it releases the folder (and removes what it
+made, if the run was refused before training) when the run ends.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.checkpoint import find_checkpoint, load_checkpoint
+from dlexp.checkpoint import find_checkpoint, load_checkpoint, save_json, yaml_text
 from dlexp.checks import check_config
 from dlexp.errors import DlexpError
+from dlexp.record import LOG_FORMAT
 
 log = logging.getLogger("dlexp")
 
@@ -423,8 +425,6 @@ def _prepare(run: Run, hc) -> None:
     """A new run's identity (run.json) and, from the command line, Hydra's .hydra/ record."""
     if (run.dir / "run.json").is_file() and run_id_of(run.dir) == run.id:
         return  # the run continues in its own folder
-    from dlexp.checkpoint import save_json
-
     command = " ".join(["dlexp train", *hc.overrides.task]) if hc is not None else "train(cfg)"
     save_json(
         run.dir / "run.json",
@@ -449,17 +449,6 @@ def _save_yaml(node: Any, path: Path) -> None:
     path.write_text(yaml_text(node), encoding="utf-8")
 
 
-def yaml_text(node: Any) -> str:
-    """OmegaConf.to_yaml's YAML of plain containers, by libyaml when PyYAML has it (Hydra's
-    record of a sweep job takes ~20 ms in pure Python; a 2,000-job sweep writes 2,000)."""
-    import yaml
-
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(
-        node, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
-    )
-
-
 def _remove(made: list[Path]) -> None:
     """A run refused before it trained leaves nothing behind: what it made goes (its own
     folder only when nothing else is in it)."""
@@ -480,7 +469,7 @@ def _log_file(run_dir: Path | None) -> Iterator[None]:
         yield
         return
     handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     try:
         yield
@@ -500,35 +489,55 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float:
     return metrics[key]
 
 
-# ------------------------------------------------------------- finished runs
-@dataclass
-class LoadedRun:
-    path: Path  # the checkpoint file
-    cfg: DictConfig
-    meta: Any  # DataMeta
-    model: Any  # nn.Module with the checkpoint's weights, on the CPU
-    state: dict[str, Any]
+# ------------------------------------------------------------------ training
+def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train the configured model; returns the final metrics (also in <run_dir>/metrics.json;
+    each epoch's are in its TensorBoard events: dlexp.record.read_history).
+
+    The run folder is `run_dir`, Hydra's run folder, or a new one under <out_root>/runs; it is
+    claimed for this run. With `trainer.resume=<run folder or checkpoint>` it continues that
+    run, in its folder, from its last checkpoint, exactly as if it had never stopped.
+    `trainer.devices=N` trains with N processes (torchrun).
+    """
+    from dlexp.train import fit
+
+    with open_run(cfg, run_dir) as run:
+        if run.done is not None:
+            return run.done
+        if run.cfg.trainer.devices > 1 and "LOCAL_RANK" not in os.environ:
+            return launch(run)
+        return fit([run])[0]
 
 
-def load_run(run: str | Path, which: str = "last") -> LoadedRun:
-    """A finished run's config, data metadata and model (with its weights) from a run folder
-    or checkpoint file; for `dlexp eval`, `dlexp sample` and the GAN quality classifier."""
-    from dlexp.data import DataMeta
-    from dlexp.models import build_model
-    from dlexp.tasks import build_task
+def launch(run: Run) -> dict[str, Any]:
+    """Train `run` as `trainer.devices` processes under torchrun (torch.distributed.run).
 
-    path = find_checkpoint(run, which)
-    state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
-    cfg.model.init_from = None  # the checkpoint already holds every weight
-    meta = DataMeta(**state["meta"])
-    meta.input_shape = tuple(meta.input_shape)
-    task = build_task(cfg.task, meta, None)
-    model = build_model(cfg.model, meta, task.num_outputs)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
+    This process holds the run folder for them; each process gets the run's config and folder
+    through its environment and calls `train(cfg, run_dir)` (dlexp.torchrun).
+    """
+    import subprocess
+    import sys
+
+    devices = int(run.cfg.trainer.devices)
+    cfg = run.cfg.copy()
+    if run.resume is not None and not cfg.trainer.resume:
+        cfg.trainer.resume = str(run.dir / "checkpoints" / "last.pt")  # a requeued run
+    env = {**os.environ, LAUNCHED: str(run.dir), "DLEXP_RUN_CONFIG": OmegaConf.to_yaml(cfg)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "dlexp.torchrun",
+    ]
+    log.info(f"starting {devices} processes with torch.distributed.run; run folder {run.dir}")
+    run.started = True  # whatever happens now, the folder is the run's
+    code = subprocess.call(cmd, env=env)
+    if code:
         raise DlexpError(
-            f"{path} does not match the model its config describes: {str(err).splitlines()[0]}"
-        ) from err
-    return LoadedRun(path, cfg, meta, model, state)
+            f"a process of the distributed run in {run.dir} failed (exit status {code}) and the "
+            "others were stopped; torchrun's summary above names its rank, exit code and error."
+        )
+    return metrics_of(run.dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from dlexp.build import load_run
 from dlexp.errors import DlexpError
-from dlexp.run import load_run
 
 log = logging.getLogger("dlexp")
 

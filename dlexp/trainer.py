@@ -1,40 +1,37 @@
-"""The one training loop shared by every task.
+"""The one training loop: every run and every group of sweep jobs trains through it.
 
-It owns the device, precision, epochs, the data order, metrics, TensorBoard, checkpoints,
-resuming, signals, the divergence guard and early stopping; what a step *means* (loss,
-metrics, extra images) belongs to the task.
+A single run is a group of one; the batched launcher's groups hold many jobs that share an
+architecture. The loop owns the epochs, the batches, evaluation, signals, the divergence guard,
+early stopping, the checkpoint cadence and progress. What a step computes belongs to the step
+(dlexp.steps.ModuleStep: autograd on one module; dlexp.stacked.StackedStep: a group's stacked
+models), what a step *means* (loss, metrics, pictures) to the task, and what is kept of each
+job (history, best state, checkpoints, metrics.json, TensorBoard) to the records
+(dlexp.record). Every value the loop handles has one entry per job.
 
-A checkpoint holds everything the loop needs to continue exactly where it stopped, even in
-the middle of an epoch: weights, optimizer, scheduler and grad-scaler states, the epoch and
-the batch within it (the data order is a function of seed and epoch), the epoch's running
-metric sums, the RNG states and the history so far.
+A checkpoint holds everything needed to continue exactly where it stopped, even in the middle
+of an epoch: the step's state (weights, optimizers, scheduler, grad scaler, RNG), the epoch and
+the batch within it (the data order is a function of seed and epoch) and the epoch's running
+metric sums.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
 import signal
 import time
-from dataclasses import asdict
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from dlexp import closed_form
-from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
-from dlexp.data import Data, Split
+from dlexp.checkpoint import LoopState, one_sync
 from dlexp.diagnostics import WeightLog
 from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
-from dlexp.tasks.base import Task, higher_is_better
+from dlexp.record import Records
+from dlexp.tasks.base import Task
 
 log = logging.getLogger("dlexp")
 
@@ -49,93 +46,6 @@ class Interrupted(Exception):
 
 class Diverged(DlexpError):
     """The loss became NaN or infinite."""
-
-
-def namespace(node: Any) -> Any:
-    if isinstance(node, dict):
-        return SimpleNamespace(**{k: namespace(v) for k, v in node.items()})
-    return node
-
-
-_MODAL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-def _mode(model: nn.Module, training: bool) -> None:
-    """model.train()/eval() walk every module: skip the walk when nothing changes, or when no
-    module behaves differently in the two modes (no dropout or batch norm: most course nets)."""
-    if model.training == training:
-        return
-    modal = getattr(model, "_dlexp_modal", None)
-    if modal is None:
-        modal = any(
-            isinstance(m, _MODAL) or type(m).train is not nn.Module.train for m in model.modules()
-        )
-        model._dlexp_modal = modal
-    if modal:
-        model.train(training)
-
-
-def pick_device(kind: str) -> torch.device:
-    """`auto`: CUDA if present, then Apple's MPS, else the CPU."""
-    if kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(kind)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `trainer.precision`, or None for plain fp32.
-
-    auto: bf16 on CUDA GPUs that have it, else fp32 (the course's numbers); fast: bf16 wherever
-    it is native (those GPUs, and CPUs with AVX512-BF16 or AMX), else fp32.
-    """
-    if precision in ("auto", "fast"):
-        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        cpu = device.type == "cpu" and cpu_has_native_bf16()
-        chosen = torch.bfloat16 if native or (precision == "fast" and cpu) else None
-        why = "a CUDA GPU with bf16" if native else f"{device.type}"
-        if cpu and chosen is None:
-            why += "; this CPU has native bf16: trainer.precision=fast uses it (faster conv nets)"
-        log.info(f"precision {precision}: {'bf16 autocast' if chosen else 'fp32'} ({why})")
-        return chosen
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(dtype: torch.dtype | None, device: torch.device):
-    """Autocast to `dtype` (autocast_dtype's answer), or nothing for fp32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The data order of an epoch depends on the seed and the epoch number alone."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -168,464 +78,295 @@ def stop_signals(owner):
 
 
 class Trainer:
+    """Trains a group (`step`: its jobs' steps; `records`: what is kept of each job)."""
+
     def __init__(
         self,
-        cfg: DictConfig,
-        device: torch.device,
-        run_dir: Path,
-        seed: int,
-        writer,
-        config_yaml: str,
-        resume_command: str = "",
+        cfg: Any,  # the trainer config (namespace)
+        step: Any,  # dlexp.steps.ModuleStep or dlexp.stacked.StackedStep
+        records: Records,
+        task: Task,
         dist: Dist | None = None,
-        run_id: str | None = None,
     ) -> None:
-        # A plain namespace: a DictConfig lookup costs microseconds, and the loop reads the
-        # settings every epoch (1,000-epoch course runs of a tiny net are mostly overhead).
-        self.cfg = cfg = namespace(OmegaConf.to_container(cfg, resolve=True))
-        self.run_id = run_id
-        self.device = device
-        self.run_dir = run_dir
-        self.seed = seed
-        self.writer = writer
-        self.config_yaml = config_yaml
-        self.resume_command = resume_command
+        self.cfg, self.step, self.records, self.task = cfg, step, records, task
         self.dist = dist or Dist()
-        self.dtype = autocast_dtype(cfg.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.channels_last = False
-        self.closed_form: closed_form.ClosedFormMLP | None = None
         self.signal: int | None = None
         self.loop = LoopState()
-        self.monitor: str | None = None  # the metric that picks best.pt (and the sweep objective)
+        self.best_pending = np.zeros(len(records), dtype=bool)
+        self.best_step = np.zeros(len(records), dtype=int)
+        self._saved_at = time.monotonic()
+        resumed = [job.resume for job in records.jobs]
+        self.fresh = all(r is None for r in resumed)
+        if not self.fresh:  # (a group resumes together: every job stopped at the same step)
+            loop = resumed[0]["loop"]
+            sums = [r["loop"]["sums"] for r in resumed]
+            self.loop = LoopState(loop["epoch"], loop["batch"], loop["step"], seen=loop["seen"])
+            device = step.device
+            self.loop.sums = {k: torch.stack([s[k] for s in sums]).to(device) for k in sums[0]}
+            for j, state in enumerate(resumed):
+                step.load(j, state)
+                self.best_step[j] = state["loop"]["step"]
 
-    def autocast(self):
-        return autocast(self.dtype, self.device)
-
-    def prepare(self, model: nn.Module) -> None:
-        """Move the model to the device; channels-last memory for conv nets."""
-        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        wants = getattr(model, "channels_last", True)  # a model may opt out (style transfer)
-        self.channels_last = bool(self.cfg.channels_last and has_conv and wants)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-
-    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    # ----------------------------------------------------------------- evaluation
-    @torch.inference_mode()
-    def evaluate(
-        self, task, model: nn.Module, data: Data, split: Split, batch_size: int, keep: bool = False
-    ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Metrics over a whole split (and the outputs, if `keep`)."""
-        n = len(split)
-        if not n:
-            return {}, None
-        _mode(model, False)
-        task.start_eval()
-        forward = self.closed_form or model
-        sums: dict[str, torch.Tensor] = {}
-        outputs = []
-        for x, y in data.batches(split, batch_size):
-            with self.autocast():
-                batch_sums, out = task.eval_step(forward, self._memory_format(x), y)
-            for k, v in batch_sums.items():
-                sums[k] = sums[k] + v if k in sums else v
-            if keep and out is not None:
-                outputs.append(out.float())
-        return task.summarize(sums, n), torch.cat(outputs) if keep and outputs else None
-
-    # ------------------------------------------------------------------- training
-    def fit(
-        self,
-        task,
-        model: nn.Module,
-        data: Data,
-        optimizers: dict[str, torch.optim.Optimizer],
-        scheduler,
-        scheduler_interval: str,
-        batch_size: int,
-        eval_batch_size: int,
-        hparams: dict[str, Any],
-        resume: dict[str, Any] | None = None,
-        objective: str | None = None,
-    ) -> dict[str, Any]:
-        """Train; `objective` (a val/ or train/ metric) picks best.pt and early stopping,
-        by default the task's validation metric."""
-        cfg = self.cfg
-        self.prepare(model)
-        self.task, self.model, self.data = task, model, data
-        self.optimizers, self.scheduler = optimizers, scheduler
-        names = {id(p): n for n, p in model.named_parameters()}
-        self._params = {}  # per optimizer: what it updates, and the weights L1 applies to
-        for key, opt in optimizers.items():
-            params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-            weights = [p for p in params if names.get(id(p), "").endswith("weight")]
-            count = max(1, sum(w.numel() for w in weights))
-            self._params[key] = {"all": params, "weights": weights, "count": count}
-        self._l1, self._clip = float(cfg.l1), cfg.grad_clip
-        optimizer = optimizers["optimizer"]  # the main one: its learning rate is logged
-        # Written-out gradients for plain MLPs (dlexp.closed_form), in fp32 and one process.
-        plain = cfg.closed_form and self.dtype is None and not self.dist.active
-        usable = plain and closed_form.why_not(model, task, optimizers, cfg.compile) is None
-        self.closed_form = closed_form.ClosedFormMLP(model, task) if usable else None
-        if usable:
-            log.info(
-                "gradients in closed form, without autograd (trainer.closed_form=false: autograd)"
+    # ------------------------------------------------------------------ the loop
+    def fit(self, batch_size: int, eval_batch_size: int) -> list[dict[str, Any] | None]:
+        """Train every job; each job's final metrics (None for a job that diverged)."""
+        cfg, loop, step, records, task = self.cfg, self.loop, self.step, self.records, self.task
+        steps = step.steps_per_epoch(batch_size)
+        if not self.fresh:
+            where = f"epoch {loop.epoch + 1} of {cfg.epochs}, batch {loop.batch} (step {loop.step})"
+            records.log(
+                0,
+                f"resuming {len(records)} stacked jobs at {where}"
+                if step.n > 1
+                else f"resuming at {where}",
             )
-        step_model = model
-        if cfg.compile:
-            log.info("compiling the model with torch.compile (the first steps will be slow)")
-            step_model = torch.compile(model)
-        if self.dist.active:  # gradients averaged over the processes
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
-        steps_per_epoch = self.steps_per_epoch(len(data.train), batch_size)
-        stop = cfg.early_stopping
-        self.monitor = f"val/{task.monitor}" if len(data.val) else f"train/{task.monitor}"
-        if objective and objective.startswith(("val/", "train/")):
-            self.monitor = objective  # the sweep's objective picks best.pt too
-        sign = 1 if higher_is_better(self.monitor) else -1
-
-        self.loop = LoopState(best=-math.inf * sign)
-        self.history: list[dict[str, Any]] = []
-        if resume is not None:
-            self._restore(resume)
-            log.info(
-                f"resuming at epoch {self.loop.epoch + 1} of {cfg.epochs}, batch "
-                f"{self.loop.batch} (step {self.loop.step})"
-            )
-        task.begin(model, data, fresh=resume is None)
+        step.begin(self.fresh)
         start = time.perf_counter()
-        metrics: dict[str, float] = dict(self.history[-1]) if self.history else {}
-
-        if cfg.eval_before and resume is None:  # the starting point, e.g. before fine-tuning
-            before = {}
-            for split in ("val", "test"):
-                values, _ = self.evaluate(task, model, data, getattr(data, split), eval_batch_size)
-                before.update({f"{split}/{k}": v for k, v in values.items()})
-            log_scalars(self.writer, before, self.loop.step)
-            self.history.append({"epoch": 0, **before})
-            log.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in before.items()))
-
-        loop = self.loop
-        # The task's images (reconstructions, samples) about 50 times a run at most: every epoch
-        # of a 1,000-epoch run would write hundreds of megabytes of pictures.
+        if cfg.eval_before and self.fresh:  # the starting point, e.g. before fine-tuning
+            before = {
+                **self._scores("val", eval_batch_size),
+                **self._scores("test", eval_batch_size),
+            }
+            records.scalars({"epoch": [0] * step.n, **before}, loop.step)
+            shown = "  ".join(f"{k} {v[0]:.4f}" for k, v in before.items())
+            records.log(0, f"before training: {shown}")
         report_every = cfg.report_every_epochs or max(1, cfg.epochs // 50)
-        weight_log = WeightLog() if cfg.log_weights else None
-        extra = type(task).extra_metrics is not Task.extra_metrics  # (a GAN's sample quality)
-        self.lr = optimizer.param_groups[0]["lr"]
-        self._saved_at, self._best = time.monotonic(), None
+        weight_log = WeightLog() if cfg.log_weights and self.dist.main else None
+        extra = task.extra_metrics is not None  # (a GAN's sample quality)
         shown = cfg.progress if self.dist.main else "none"
-        with stop_signals(self), Progress(shown, cfg.epochs, steps_per_epoch) as progress:
-            while loop.epoch < cfg.epochs:
+        with stop_signals(self), Progress(shown, cfg.epochs, steps) as progress:
+            while loop.epoch < cfg.epochs and records.active.any():
                 epoch = loop.epoch + 1
                 progress.start_epoch(epoch, done=loop.batch)
                 tic = time.perf_counter()
-                step_scheduler = scheduler if scheduler_interval == "step" else None
-                self._train_epoch(step_model, batch_size, steps_per_epoch, step_scheduler, progress)
+                self._train_epoch(batch_size, steps, progress)
                 seconds = time.perf_counter() - tic
-                train = task.summarize(*self.dist.sum(loop.sums, loop.seen))
-                val, _ = self.evaluate(task, model, data, data.val, eval_batch_size)
-                metrics = {f"train/{k}": v for k, v in train.items()}
-                metrics.update({f"val/{k}": v for k, v in val.items()})
-                if extra:
-                    metrics.update(
-                        {f"val/{k}": v for k, v in self._extra(task, model, data).items()}
-                    )
-                if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
-                    test, _ = self.evaluate(task, model, data, data.test, eval_batch_size)
-                    metrics.update({f"test/{k}": v for k, v in test.items()})
-                metrics["lr"] = self.lr if step_scheduler else optimizer.param_groups[0]["lr"]
-                log_scalars(self.writer, metrics, self.loop.step)
-                if epoch == 1 or (resume is not None and epoch == loop.epoch + 1):
-                    layout(self.writer, metrics)
-                metrics["samples_per_s"] = loop.seen / seconds  # (metrics.json, not a curve)
-                if epoch % report_every == 0 or epoch == cfg.epochs:
-                    self._report(task.epoch_report, model, data)
-                if weight_log is not None and self.dist.main:
-                    weight_log.log(self.writer, model, data, loop.step)
-                if scheduler is not None and scheduler_interval == "epoch":
-                    scheduler.step()
-                progress.end_epoch(epoch, metrics, seconds)
-
-                # The validation metric picks best.pt (the training one when there is no val).
-                key = self.monitor
-                if key not in metrics:
-                    known = ", ".join(k for k in metrics if k.startswith(("train/", "val/")))
-                    raise DlexpError(
-                        f"objective={key!r} is not a metric of this run; its metrics are {known}."
-                    )
-                improved = sign * (metrics[key] - loop.best) > stop.min_delta
-                loop.epoch, loop.batch, loop.sums, loop.seen = epoch, 0, {}, 0
-                loop.best = metrics[key] if improved else loop.best
-                loop.stale = 0 if improved else loop.stale + 1
-                self.history.append({"epoch": epoch, "train_seconds": seconds, **metrics})
-                stopping = bool(stop.patience) and loop.stale >= stop.patience
-                if cfg.checkpoint:
-                    if improved:  # kept in memory, written with the next checkpoint
-                        self._best = (copy.deepcopy(self._state()), len(self.history))
-                    waited = time.monotonic() - self._saved_at >= cfg.checkpoint_interval
-                    if waited or stopping or epoch == cfg.epochs:
-                        self._save()
-                if stopping:
-                    log.info(f"early stopping: no better {key} for {stop.patience} epoch(s)")
+                if not records.active.any():  # every job diverged
                     break
+                sums, seen = self.dist.sum(loop.sums, loop.seen)
+                metrics = self._named("train", sums, seen)
+                metrics.update(self._scores("val", eval_batch_size))
+                if extra:
+                    self._extra(metrics)
+                if cfg.test_every_epoch:  # for learning curves and time-to-accuracy
+                    metrics.update(self._scores("test", eval_batch_size))
+                metrics["lr"] = step.lr()
+                improved, stopping = records.epoch(epoch, loop.step, metrics, seconds, seen)
+                due = epoch % report_every == 0 or epoch == cfg.epochs
+                if task.epoch_report is not None and due:
+                    self._report(
+                        lambda j, model, data: task.epoch_report(
+                            records.writers[j], model, data, step=loop.step
+                        )
+                    )
+                if weight_log is not None:
+                    weight_log.log(records.writers[0], step.model, step.datas[0], loop.step)
+                step.end_epoch()
+                progress.end_epoch(epoch, {k: v[0] for k, v in metrics.items()}, seconds)
+                loop.epoch, loop.batch, loop.sums, loop.seen = epoch, 0, {}, 0
+                if cfg.checkpoint and improved.any():  # kept in memory, written with last.pt
+                    step.keep_best(improved)
+                    self.best_pending |= improved
+                    self.best_step[improved] = loop.step
+                for j in np.flatnonzero(stopping):
+                    message = (
+                        f"early stopping: no better {records.monitor} for "
+                        f"{cfg.early_stopping.patience} epoch(s)"
+                    )
+                    records.end(j, "stopped", epoch, loop.step, message)
+                    step.freeze(j)
+                waited = time.monotonic() - self._saved_at >= cfg.checkpoint_interval
+                if cfg.checkpoint and (waited or stopping.any() or epoch == cfg.epochs):
+                    self._save(records.active | stopping)
+        step.thaw()
+        return self._finish(eval_batch_size, time.perf_counter() - start)
 
-        test, outputs = self.evaluate(task, model, data, data.test, eval_batch_size, keep=True)
-        if outputs is not None:
-            test.update(task.test_metrics(outputs, data.test.y))
-        final = {**metrics, **{f"test/{k}": v for k, v in test.items()}}
-        final.update(epochs=loop.epoch, steps=loop.step, monitor=self.monitor)
-        final["time_s"] = time.perf_counter() - start
-        if not cfg.test_every_epoch:
-            log_scalars(self.writer, {f"test/{k}": v for k, v in test.items()}, loop.step)
-        self._report(task.final_report, model, data, outputs, run_dir=self.run_dir)
-        write_hparams(self.writer, hparams, final)
-        self.writer.flush()
-        final["history"] = self.history
-        return final
-
-    def steps_per_epoch(self, n_train: int, batch_size: int) -> int:
-        """Optimizer steps in one epoch: this process's share, capped by max_steps_per_epoch."""
-        steps = math.ceil(n_train / (batch_size * self.dist.world))
-        return min(steps, self.cfg.max_steps_per_epoch or steps)
-
-    def _optimizer_step(self, key: str, compute) -> torch.Tensor:
-        """The one way any task's loss becomes an update of optimizer `key`: autocast, the L1
-        term (the course's: l1 x the mean absolute weight), scaled backward, gradient clipping of that optimizer's parameters, the step."""
-        optimizer = self.optimizers[key]
-        params = self._params[key]
-        l1, clip = self._l1, self._clip
-        losses = []
-
-        def closure() -> torch.Tensor:  # L-BFGS evaluates it several times per step
-            optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = compute()
-                # The course's L1 term: l1 x the mean absolute weight (biases excluded).
-                mean_abs = sum(w.abs().sum() for w in params["weights"]) / params["count"]
-                total = loss + l1 * mean_abs if l1 else loss
-            self.scaler.scale(total).backward()
-            losses.append(loss.detach())
-            if clip and not self.scaler.is_enabled():
-                nn.utils.clip_grad_norm_(params["all"], clip)
-            return total
-
-        if self.scaler.is_enabled():  # fp16: the scaler steps, and takes no closure
-            closure()
-            if clip:
-                self.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params["all"], clip)
-            self.scaler.step(optimizer)
-        else:
-            optimizer.step(closure)
-        return losses[-1]
-
-    def _closed_form_step(self, x: torch.Tensor, y: torch.Tensor):
-        """Task.train_step's one forward pass and _optimizer_step's update, with the
-        gradients written out (dlexp.closed_form) instead of taken by autograd."""
-        optimizer, params = self.optimizers["optimizer"], self._params["optimizer"]
-        out, loss = self.closed_form.gradients(x, y)
-        if self._l1:  # the L1 term's gradient: l1 x sign(w) / (number of weights)
-            for w in params["weights"]:
-                w.grad.add_(w.detach().sign(), alpha=self._l1 / params["count"])
-        if self._clip:
-            nn.utils.clip_grad_norm_(params["all"], self._clip)
-        optimizer.step()
-        return loss, self.task.sums(out, y, loss, x)
-
-    def _train_epoch(self, step_model, batch_size, steps, step_scheduler, progress) -> None:
+    def _train_epoch(self, batch_size: int, steps: int, progress: Progress) -> None:
         """The rest of the current epoch; metric sums stay on the device."""
-        cfg, loop, task = self.cfg, self.loop, self.task
-        # Plain Python copies of what is read every step (a DictConfig lookup is slow).
+        cfg, loop, step = self.cfg, self.loop, self.step
         log_every = int(cfg.log_every_steps)
         every_steps = cfg.checkpoint_every_steps or 0
         every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
         last_save = time.monotonic()
         unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN (no sync per step)
-        _mode(self.model, True)
-        # The data order depends on the seed and the epoch; one batch of the whole split needs
-        # none (its order changes no sum).
-        whole = batch_size >= len(self.data.train) and self.dist.world == 1
-        batches = self.data.batches(
-            self.data.train,
-            batch_size,
-            None if whole else epoch_generator(self.seed, loop.epoch + 1),
-            train=True,
-            start=loop.batch * batch_size,
-            shard=(self.dist.rank, self.dist.world),
-        )
-        for x, y in batches:
+        step.start_epoch()
+        for x, y in step.batches(loop.epoch + 1, loop.batch, batch_size):
             if loop.batch >= steps:
                 break
-            if self.closed_form is not None:
-                loss, step_sums = self._closed_form_step(x, y)
-            else:
-                loss, step_sums = task.train_step(
-                    step_model, self._memory_format(x), y, self._optimizer_step
-                )
-            self.scaler.update()  # once per step, after every optimizer of the task stepped
-            if step_scheduler is not None:
-                self.lr = self.optimizers["optimizer"].param_groups[0]["lr"]  # the one just used
-                step_scheduler.step()
-            for k, v in step_sums.items():
+            loss, sums = step.train(x, y)
+            for k, v in sums.items():
                 loop.sums[k] = loop.sums[k] + v if k in loop.sums else v
-            unchecked.append(loss.detach())
-            loop.seen += y.shape[0]
+            unchecked.append(loss)
+            count = y.shape[step.batch_dim]
+            loop.seen += count
             loop.batch += 1
             loop.step += 1
             progress.advance(loss)
-            step = loop.step
-            due = (every_steps and step % every_steps == 0) or (
+            due = (every_steps and loop.step % every_steps == 0) or (
                 every_s and time.monotonic() - last_save >= every_s
             )
-            if step % log_every == 0 or due or self.signal is not None:
+            if loop.step % log_every == 0 or due or self.signal is not None:
                 self._check_finite(unchecked)
-                if step % log_every == 0:  # this step's metrics (the only syncs mid-epoch)
-                    for k, v in step_sums.items():
-                        self.writer.add_scalar(f"train/{k}_step", v.item() / y.shape[0], step)
+                if loop.step % log_every == 0:  # this step's metrics (the only syncs mid-epoch)
+                    values = {f"train/{k}_step": _per_job(v, count) for k, v in sums.items()}
+                    self.records.scalars(values, loop.step)
             if (due or self.signal is not None) and cfg.checkpoint:
-                self._save()
+                self._save(self.records.active)
                 last_save = time.monotonic()
             if self.signal is not None:
                 self._stop_on_signal()
         self._check_finite(unchecked)
 
+    # ------------------------------------------------------------------ scores
+    def _named(self, split: str, sums: dict[str, torch.Tensor], count: int) -> dict[str, list]:
+        """An epoch's metrics from its sums, one value per job, named `split/metric`: one host
+        sync per split."""
+        if not sums:
+            return {}
+        values = self.task.summarize({k: v.reshape(-1) for k, v in sums.items()}, count)
+        return {f"{split}/{k}": v for k, v in values.items()}
+
+    def _scores(self, split: str, batch_size: int) -> dict[str, list]:
+        sums, _ = self.step.evaluate(split, batch_size)
+        return self._named(split, sums or {}, len(getattr(self.step.datas[0], split)))
+
+    @torch.inference_mode()
+    def _extra(self, metrics: dict[str, list]) -> None:
+        """Validation metrics that are not sums over batches (a GAN's sample quality)."""
+        rows = [
+            self.task.extra_metrics(self.step.module(j), self.step.datas[j])
+            for j in range(self.step.n)
+        ]
+        for key in rows[0]:
+            metrics[f"val/{key}"] = [row[key] for row in rows]
+
+    @torch.inference_mode()
+    def _report(self, report, jobs=None) -> None:
+        """A task's TensorBoard extras for each job (or those given), in eval mode."""
+        if not self.dist.main:
+            return
+        for j in np.flatnonzero(self.records.active if jobs is None else jobs):
+            report(j, self.step.module(j), self.step.datas[j])
+
     # ------------------------------------------------------- faults and checkpoints
     def _check_finite(self, losses: list[torch.Tensor]) -> None:
-        """`losses`: the last steps' (up to loop.step), emptied once checked; a NaN or
-        infinite one stops the run."""
+        """`losses`: the last steps' (up to loop.step), one per job each, emptied once checked;
+        a job whose loss is NaN or infinite stops (its group goes on)."""
         if not losses:
             return
-        values = [losses[0].item()] if len(losses) == 1 else torch.stack(losses).tolist()
-        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        values = torch.stack(losses).reshape(len(losses), -1)
+        finite = torch.isfinite(values)
+        steps = len(losses)
         losses.clear()
-        if bad is None:
+        if bool(finite.all()):
             return
-        step, epoch = self.loop.step - len(values) + 1 + bad, self.loop.epoch + 1
-        self._write_best()  # the best state so far is still good: keep it
-        folder = self.run_dir / "checkpoints"
-        kept = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
-        kept = f"The good checkpoints ({', '.join(map(str, kept))}) are kept. " if kept else ""
-        raise Diverged(
-            f"the training loss became NaN or infinite at epoch {epoch}, step {step}. {kept}"
-            f"Try a lower learning rate (optimizer.lr), gradient clipping (trainer.grad_clip=1.0) "
-            f"or fp32 (trainer.precision=fp32)."
-        )
+        records = self.records
+        for j in np.flatnonzero(~finite.all(0).cpu().numpy() & records.active):
+            bad = int(torch.nonzero(~finite[:, j])[0])
+            step, epoch = self.loop.step - steps + 1 + bad, self.loop.epoch + 1
+            self._write_best(j)  # the best state so far is still good: keep it
+            folder = records.jobs[j].dir / "checkpoints"
+            kept = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
+            kept = f"The good checkpoints ({', '.join(map(str, kept))}) are kept. " if kept else ""
+            message = (
+                f"the training loss became NaN or infinite at epoch {epoch}, step {step}. {kept}"
+                "Try a lower learning rate (optimizer.lr), gradient clipping "
+                "(trainer.grad_clip=1.0) or fp32 (trainer.precision=fp32)."
+            )
+            records.end(j, "diverged", self.loop.epoch, self.loop.step, message)
 
-    def _state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds but the history (see checkpoint.FORMAT)."""
-        return {
-            "format": FORMAT,
-            "run_id": self.run_id,
-            "config": self.config_yaml,
-            "meta": asdict(self.data.meta),
-            "model": self.model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "loop": asdict(self.loop),
-            "rng": rng_state(),
-        }
-
-    def _save(self) -> None:
-        """last.pt (where the loop stands) and, if a better epoch came since, best.pt."""
+    def _save(self, jobs: np.ndarray) -> None:
+        """last.pt of the given jobs (where the loop stands), and best.pt where a better epoch
+        came since (a group's files reach the disk with one sync)."""
         self._saved_at = time.monotonic()
-        if not self.dist.main:  # one writer per run
+        with one_sync() if self.step.n > 1 else contextlib.nullcontext():
+            for j in np.flatnonzero(jobs):
+                sums = {k: v.reshape(-1)[j] for k, v in self.loop.sums.items()}
+                loop = self.records.loop_of(j, self.loop, sums)
+                self.records.checkpoint(j, "last.pt", self.step.state(j), loop)
+                self._write_best(j)
+
+    def _write_best(self, j: int) -> None:
+        if not self.best_pending[j]:
             return
-        folder = self.run_dir / "checkpoints"
-        self.writer.flush()  # the curves up to this checkpoint survive a SIGKILL with it
-        try:
-            save_checkpoint(folder / "last.pt", {**self._state(), "history": self.history})
-            self._write_best()
-        except (OSError, RuntimeError) as err:  # torch.save on a full disk: RuntimeError
-            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-            if "unexpected pos" in reason or "write" in reason.lower():
-                reason = f"the disk is probably full: {reason}"
-            raise DlexpError(
-                f"could not write a checkpoint in {folder} ({reason}). The previous "
-                "checkpoint there is intact. Free some space (or fix the folder's permissions) "
-                f"and continue with: {self.resume_command}"
-            ) from err
-
-    def _write_best(self) -> None:
-        if self._best is not None and self.dist.main:
-            state, epochs = self._best
-            path = self.run_dir / "checkpoints" / "best.pt"
-            save_checkpoint(path, {**state, "history": self.history[:epochs]})
-            self._best = None
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loop = LoopState(**state["loop"])
-        self.loop.sums = {k: v.to(self.device) for k, v in self.loop.sums.items()}
-        self.history = list(state["history"])
-        set_rng_state(state["rng"])
+        records = self.records
+        epoch, best = int(records.best_epoch[j]), float(records.best[j])
+        loop = LoopState(epoch, 0, int(self.best_step[j]), {}, 0, best, 0)
+        records.checkpoint(j, "best.pt", self.step.best_state(j), loop)
+        self.best_pending[j] = False
 
     def _stop_on_signal(self) -> None:
         name = signal.Signals(self.signal).name
+        loop, records = self.loop, self.records
         saved = "a checkpoint was written; " if self.cfg.checkpoint else ""
-        raise Interrupted(
-            self.signal,
-            f"stopped by {name} in epoch {self.loop.epoch + 1}, after step {self.loop.step}; {saved}"
-            f"continue with: {self.resume_command}",
-        )
+        for j in np.flatnonzero(records.active):
+            records.end(
+                j,
+                "interrupted",
+                loop.epoch,
+                loop.step,
+                f"stopped by {name} in epoch {loop.epoch + 1}, after step {loop.step}; {saved}"
+                f"continue with: {records.jobs[j].resume_command}",
+            )
+        message = records.message[0]
+        if self.step.n > 1:
+            message = (
+                f"stopped by {name} in epoch {loop.epoch + 1}; the sweep continues with the "
+                "same command and sweep.resume=true"
+            )
+        raise Interrupted(self.signal, message)
 
-    @torch.inference_mode()
-    def _extra(self, task, model: nn.Module, data: Data) -> dict[str, float]:
-        _mode(model, False)
-        return task.extra_metrics(model, data)
+    # ------------------------------------------------------------------ the end
+    def _finish(self, eval_batch_size: int, seconds: float) -> list[dict[str, Any] | None]:
+        """The test split's scores and each job's final records."""
+        records, step, task = self.records, self.step, self.task
+        sums, outputs = step.evaluate("test", eval_batch_size, keep=True)
+        test = self._named("test", sums or {}, len(step.datas[0].test))
+        finals: list[dict[str, Any] | None] = []
+        with one_sync() if step.n > 1 else contextlib.nullcontext():
+            for j in range(step.n):
+                if records.status[j] in ("diverged", "interrupted"):
+                    records.close(j)
+                    finals.append(None)
+                    continue
+                epochs, steps = records.ended[j] or (self.loop.epoch, self.loop.step)
+                job_test = {k: v[j] for k, v in test.items()}
+                if outputs is not None:
+                    scores = task.test_metrics(outputs[j], step.datas[j].test.y)
+                    job_test.update({f"test/{k}": v for k, v in scores.items()})
+                if not self.cfg.test_every_epoch:
+                    records.job_scalars(j, job_test, steps)
+                final = {**records.job_metrics(j), **job_test, "epochs": epochs, "steps": steps}
+                final["time_s"] = seconds
+                out = None if outputs is None else outputs[j]
+                self._report(
+                    lambda j, model, data, out=out, steps=steps: task.final_report(
+                        records.writers[j],
+                        model,
+                        data,
+                        out,
+                        step=steps,
+                        run_dir=records.jobs[j].dir,
+                    ),
+                    _only(j, step.n),
+                )
+                finals.append(records.finish(j, final))
+                split = "test/" if job_test else "train/"  # (per-class values: metrics.json)
+                shown = "  ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in final.items()
+                    if k.startswith(split) and k.count("/") == 1
+                )
+                records.log(j, f"final {shown}")
+                records.log(j, f"run saved in {records.jobs[j].dir}")
+        return finals
 
-    # ---------------------------------------------------------------- TensorBoard
-    @torch.inference_mode()
-    def _report(self, report, model: nn.Module, data: Data, *args, **kwargs) -> None:
-        """A task's TensorBoard extras, computed in eval mode (and fp32) at the current step."""
-        if not self.dist.main:
-            return
-        _mode(model, False)
-        report(self.writer, model, data, *args, step=self.loop.step, **kwargs)
+
+def _per_job(value: torch.Tensor, count: int) -> list[float]:
+    return [v / count for v in value.reshape(-1).tolist()]
 
 
-def log_scalars(writer, values: dict[str, float], step: int) -> None:
-    """All of them in one event (add_scalar would write one event per value)."""
-    writer.scalars(values, step)
-
-
-def layout(writer, metrics: dict[str, float]) -> None:
-    """TensorBoard's Custom Scalars tab: train against validation (and test) per metric, on
-    one chart each, as the course plots them."""
-    charts = {}
-    for key in metrics:
-        name = key.partition("/")[2]
-        if key.startswith("train/") and f"val/{name}" in metrics:
-            tags = [f"{split}/{name}" for split in ("train", "val", "test")]
-            charts[name] = ["Multiline", [t for t in tags if t in metrics]]
-    if charts:
-        writer.add_custom_scalars({"train vs validation": charts})
-
-
-def write_hparams(writer, hparams: dict[str, Any], final: dict[str, Any]) -> None:
-    """HParams records in the run's own event file (add_hparams would make a sub-run)."""
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "train/"))}
-    # Only the session records: TensorBoard then builds the table from all runs together,
-    # marking the hyperparameters whose values differ (the swept ones) to show first; an
-    # experiment record of each run's own would say that none differs.
-    _, session_start, session_end = hparams_summary(hparams, metrics)
-    for summary in (session_start, session_end):
-        writer.file_writer.add_summary(summary)
-
-
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    save_json(run_dir / "metrics.json", metrics)
+def _only(j: int, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[j] = True
+    return mask

@@ -12,19 +12,20 @@ import os
 import signal
 import sys
 
-from dlexp.stacked import StackedGroup
+from dlexp.trainer import Trainer
 
 group_epochs, at_epoch = (int(v) for v in sys.argv[1].split(":"))
-save = StackedGroup._save
+save = Trainer._save
 
 
-def save_then_kill(self) -> None:
-    save(self)
-    if self.t.epochs == group_epochs and self.epoch == at_epoch:
+def save_then_kill(self, jobs) -> None:
+    save(self, jobs)
+    stacked = self.step.n > 1
+    if stacked and self.cfg.epochs == group_epochs and self.loop.epoch == at_epoch:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-StackedGroup._save = save_then_kill
+Trainer._save = save_then_kill
 sys.argv = ["dlexp", *sys.argv[2:]]
 from dlexp.cli import run  # noqa: E402
 

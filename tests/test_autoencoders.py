@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 from conftest import make_cfg, read_tags
+from dlexp.build import build
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+from dlexp.run import train
 from dlexp.tasks.reconstruction import Reconstruction
-from dlexp.train import build, train
 
 
 @pytest.mark.parametrize(

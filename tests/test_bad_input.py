@@ -16,7 +16,7 @@ from PIL import Image
 
 import fake_data
 from conftest import cli, make_cfg
-from dlexp.train import train
+from dlexp.run import train
 
 HELPER = str(Path(__file__).with_name("signal_at_step.py"))
 
@@ -42,7 +42,6 @@ def refused(capsys, *args: str) -> str:
         ("trainer.checkpoint_every_minutes=-1", "a positive number of minutes"),
         ("trainer.precision=fp8", "auto, fast, fp32, bf16 or fp16"),
         ("trainer.compile=maybe", "true or false"),
-        ("trainer.closed_form=sometimes", "true or false"),
         ("data.subset=0", "a whole number of samples >= 1"),
         ("data.subset=-5", "a whole number of samples >= 1"),
         ("data.val_fraction=1.5", "at least 0 and below 1"),

@@ -1,4 +1,4 @@
-"""The batched launcher: stacked jobs equal sequential ones, resume alone or as a sweep after
+"""The batched launcher: a stacked job resumes alone, a killed sweep resumes after
 SIGKILL, a diverging job, and what runs alone (and says why)."""
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import cli, make_cfg, read_scalars
-from dlexp.checkpoint import load_checkpoint
-from dlexp.train import train
+from dlexp.record import read_history
+from dlexp.run import train
 
 # Stacked and sequential runs differ only by floating-point reordering (batched matmuls,
-# the optimizers' arithmetic written out): final metrics agree to this relative tolerance.
-RTOL = 1e-4
-QWERTIES = ["experiment=ann_lr_sweep", "trainer.epochs=20"]
+# the optimizers' arithmetic written out); tests/test_parity.py holds them to 1e-5 on a matrix
+# of settings. Here: resuming and faults.
+RTOL = 1e-5
 IRIS = ["data=iris", "optimizer=adam", "data.batch_size=16", "trainer.epochs=3"]
 
 
@@ -36,71 +35,15 @@ def jobs(folder: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/metrics.json")}
 
 
-def assert_same_results(a: dict, b: dict) -> None:
+def assert_same_results(a: dict, b: dict, folders: tuple[Path, Path] | None = None) -> None:
     for key, value in b.items():
-        if (
-            isinstance(value, float)
-            and "second" not in key
-            and key not in ("time_s", "samples_per_s")
-        ):
+        if isinstance(value, float) and key not in ("time_s", "samples_per_s"):
             assert a[key] == pytest.approx(value, rel=RTOL, abs=1e-6), key
-    assert len(a["history"]) == len(b["history"])
-    for x, y in zip(a["history"], b["history"], strict=True):
-        assert x["val/loss"] == pytest.approx(y["val/loss"], rel=RTOL, abs=1e-6)
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        [*QWERTIES, "optimizer.lr=0.01,0.1"],  # the course's grid: SGD, one full batch
-        # mini-batches in each job's own order, per-job seeds, weight decay and L1, Adam
-        [
-            *IRIS,
-            "optimizer.lr=0.01",
-            "seed=1,2",
-            "optimizer.weight_decay=0,0.01",
-            "trainer.l1=0,0.01",
-        ],
-        # the task's loss and sums vmapped over the jobs (Task.job_scores' default)
-        ["data=regression", "optimizer=rmsprop", "optimizer.lr=0.001,0.003", "trainer.epochs=3"],
-    ],
-    ids=["qwerties-sgd", "iris-adam", "regression-rmsprop"],
-)
-def test_stacked_jobs_equal_sequential_jobs(env, tmp_path, capsys, args):
-    code, log = sweep(capsys, tmp_path / "batched", *args, "hydra/launcher=batched")
-    n = len(jobs(tmp_path / "batched"))
-    assert code == 0 and n in (2, 8) and f"{n} of {n} jobs in 1 stacked group" in log
-    code, _ = sweep(capsys, tmp_path / "basic", *args, "hydra/launcher=basic")
-    stacked, sequential = jobs(tmp_path / "batched"), jobs(tmp_path / "basic")
-    assert code == 0 and stacked.keys() == sequential.keys()
-    for name, metrics in sequential.items():
-        assert stacked[name]["status"] == metrics["status"] == "completed"
-        assert_same_results(stacked[name], metrics)
-        a, b = tmp_path / "batched" / name, tmp_path / "basic" / name
-        # the same files: .hydra record, log, checkpoints, plot, TensorBoard events
-        files = {p.relative_to(a).as_posix() for p in a.rglob("*") if "tfevents" not in p.name}
-        assert files == {
-            p.relative_to(b).as_posix() for p in b.rglob("*") if "tfevents" not in p.name
-        }
-        assert (a / ".hydra" / "overrides.yaml").read_text() == (
-            b / ".hydra" / "overrides.yaml"
-        ).read_text()
-        curves, reference = read_scalars(a), read_scalars(b)
-        assert curves.keys() == reference.keys()
-        assert [s for s, _ in curves["val/loss"]] == [s for s, _ in reference["val/loss"]]
-        last, ref = (
-            load_checkpoint(a / "checkpoints" / "last.pt"),
-            load_checkpoint(b / "checkpoints" / "last.pt"),
-        )
-        assert last["loop"] == ref["loop"] | {"best": last["loop"]["best"]}
-        # Adam moves a weight whose gradient is ~0 (a dead unit's) by ~lr either way, as
-        # rounding tips the gradient's sign: its weights are compared through the metrics.
-        for k, v in ref["model"].items() if "optimizer=adam" not in args else ():
-            torch.testing.assert_close(last["model"][k], v, rtol=RTOL, atol=1e-5)
-        assert (
-            last["optimizers"]["optimizer"]["param_groups"]
-            == ref["optimizers"]["optimizer"]["param_groups"]
-        )
+    if folders is not None:  # the histories, as TensorBoard reads them
+        x, y = (read_history(f) for f in folders)
+        assert [r["epoch"] for r in x] == [r["epoch"] for r in y]
+        for r, q in zip(x, y, strict=True):
+            assert r["val/loss"] == pytest.approx(q["val/loss"], rel=RTOL, abs=1e-6)
 
 
 def test_a_stacked_jobs_checkpoint_resumes_alone_like_a_sequential_run(env, tmp_path, capsys):
@@ -119,7 +62,7 @@ def test_a_stacked_jobs_checkpoint_resumes_alone_like_a_sequential_run(env, tmp_
     resumed = train(make_cfg(*args, f"trainer.resume='{job}'", "trainer.epochs=4"))
     straight = train(make_cfg(*args, "trainer.epochs=4"), run_dir=tmp_path / "straight")
     assert code == 0 and resumed["epochs"] == 4
-    assert_same_results(resumed, straight)
+    assert_same_results(resumed, straight, (job, tmp_path / "straight"))
 
 
 def test_a_diverging_job_is_marked_and_its_group_goes_on(env, tmp_path, capsys):
@@ -190,6 +133,8 @@ def test_a_sigkilled_batched_sweep_continues_with_sweep_resume(env, tmp_path, ca
     assert len(results) == 4 and {m["status"] for m in results.values()} == {"completed"}
     code, _ = sweep(capsys, tmp_path / "reference", *args[2:])
     for name, reference in jobs(tmp_path / "reference").items():
-        assert_same_results(results[name], reference)
+        assert_same_results(
+            results[name], reference, (folder / name, tmp_path / "reference" / name)
+        )
         steps = [s for s, _ in read_scalars(folder / name)["val/loss"]]
         assert steps == sorted(set(steps))  # every epoch once in TensorBoard

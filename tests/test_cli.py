@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO, cli, dlexp
 from dlexp.cli import main
+from dlexp.record import read_history
 
 
 def runs(env) -> list[Path]:
@@ -271,7 +272,7 @@ def test_a_terminal_hears_at_once_that_train_is_loading(env, capsys, monkeypatch
 
 def test_epoch_lines_come_about_50_times_a_run_and_the_bar_ends_full(env, capsys):
     """A 1,000-epoch course run takes a fraction of a second: a line for each epoch would be
-    a wall of text (the history is in metrics.json); the bar still ends at 1000/1000."""
+    a wall of text (the history is in TensorBoard's events); the bar still ends at 1000/1000."""
     args = ["train", "experiment=ann_lr_sweep", "trainer.epochs=100"]
     code, out, err = cli(capsys, *args, "trainer.progress=log")
     assert code == 0, err
@@ -281,8 +282,7 @@ def test_epoch_lines_come_about_50_times_a_run_and_the_bar_ends_full(env, capsys
     assert shown == [1, *range(2, 101, 2)]  # the first, then every 100 // 50 = 2nd
     (run,) = runs(env)
     assert (run / "train.log").read_text().count("  train/loss ") == 51
-    history = json.loads((run / "metrics.json").read_text())["history"]
-    assert [row["epoch"] for row in history] == list(range(1, 101))
+    assert [row["epoch"] for row in read_history(run)] == list(range(1, 101))
     code, out, err = cli(capsys, *args, "trainer.progress=bar", "trainer.epochs=1000")
     assert code == 0, err
     assert "1000/1000" in out  # rich draws the finished bar when it stops

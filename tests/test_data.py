@@ -12,10 +12,11 @@ import torch
 import fake_data
 from conftest import cli, make_cfg
 from dlexp.data import load_data
-from dlexp.data.core import _split, augment
+from dlexp.data.core import augment
 from dlexp.data.images import cifar10, emnist, mnist, stl10
+from dlexp.data.load import _split
 from dlexp.errors import DlexpError
-from dlexp.train import train
+from dlexp.run import train
 
 
 def test_mnist_reads_idx_files(data_root):
@@ -402,7 +403,7 @@ def test_doughnuts_are_two_rings(env):
 
 
 def test_added_features_and_augmentation_reach_training(env, tmp_path):
-    from dlexp.run import load_run
+    from dlexp.build import load_run
 
     cfg = make_cfg(
         "data=qwerties",

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import cli, make_cfg
 from dlexp.checkpoint import load_checkpoint
-from dlexp.train import train
+from dlexp.record import read_history
+from dlexp.run import train
 
 RUN = ["data=mnist", "trainer.epochs=3"]
 
@@ -40,7 +41,7 @@ def test_an_experiment_with_two_devices_matches_one_process_with_the_global_batc
     a = json.loads((two / "metrics.json").read_text())
     for key in ("test/loss", "test/acc", "train/loss"):
         assert a[key] == pytest.approx(one[key], abs=1e-4)
-    losses = [h["train/loss"] for h in a["history"]]
+    losses = [h["train/loss"] for h in read_history(two)]
     assert losses == sorted(losses, reverse=True)  # decreasing
     assert len(list(two.glob("events.out.tfevents.*"))) == 1  # rank 0 writes alone
     assert load_checkpoint(two / "checkpoints" / "last.pt")["loop"]["epoch"] == 3

@@ -15,7 +15,7 @@ from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.data import load_data
 from dlexp.models import build_model
-from dlexp.train import train
+from dlexp.run import train
 
 QUICK = ["trainer.epochs=1", "trainer.max_steps_per_epoch=3", "trainer.log_every_steps=1"]
 SMALL_DCGAN = "model.channels=[32,16,8,4]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, make_cfg
+from conftest import cli, make_cfg, read_scalars
 from dlexp.checkpoint import load_checkpoint
 from dlexp.errors import DlexpError
-from dlexp.run import claim, release
-from dlexp.train import train
+from dlexp.record import read_history
+from dlexp.run import claim, release, train
 
 
 def digest(run: Path) -> dict[str, str]:
@@ -133,7 +134,9 @@ def test_a_finished_run_is_complete_or_trains_on_with_more_epochs(env, tmp_path,
     assert code == 0 and "resuming at epoch 3 of 3" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == keys and metrics["epochs"] == 3
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in read_history(run)] == [1, 2, 3]
+    steps = [s for s, _ in read_scalars(run)["val/loss"]]
+    assert steps == sorted(set(steps))  # every epoch once in TensorBoard
 
 
 @pytest.mark.parametrize(
@@ -172,17 +175,28 @@ def test_an_unknown_checkpoint_format_is_one_paragraph(env, tmp_path, capsys):
     assert code == 2 and "checkpoint format 99" in err and "Traceback" not in err
 
 
-def test_a_format_2_checkpoint_still_resumes(env, tmp_path):
-    """Format 2 kept the history as a list; format 3 pickles it as bytes (faster to write)."""
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ['DLEXP_OUTPUTS']) / 'pwned'}",))
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_older_checkpoint_still_resumes_and_its_history_is_never_unpickled(
+    version, env, tmp_path
+):
+    """Formats 2 and 3 also kept the history (2 as a list, 3 as pickled bytes); format 4 keeps
+    it in the event files alone. An old file's history is ignored: a payload in it never runs."""
     train(make_cfg("trainer.epochs=2"), run_dir=tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    assert [row["epoch"] for row in state["history"]] == [1, 2]
-    torch.save({**state, "format": 2}, path)  # as dlexp wrote it before
-    assert load_checkpoint(path)["history"] == state["history"]
-    final = train(make_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'run'}"))
-    assert [row["epoch"] for row in final["history"]] == [1, 2, 3]
-    assert load_checkpoint(path)["format"] == 3
+    assert "history" not in state and state["format"] == 4
+    history = [{"epoch": 1}, {"epoch": 2}] if version == 2 else pickle.dumps([_Payload()])
+    torch.save({**state, "format": version, "history": history}, path)  # as dlexp wrote it
+    assert "history" not in load_checkpoint(path)
+    train(make_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'run'}"))
+    assert [row["epoch"] for row in read_history(tmp_path / "run")] == [1, 2, 3]
+    assert load_checkpoint(path)["format"] == 4
+    assert not (Path(os.environ["DLEXP_OUTPUTS"]) / "pwned").exists()
 
 
 def test_an_unknown_objective_is_an_error_not_none(env, capsys):

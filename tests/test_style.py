@@ -10,8 +10,9 @@ from PIL import Image
 from conftest import cli, make_cfg, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
+from dlexp.record import read_history
+from dlexp.run import train
 from dlexp.tasks.stylize import gram
-from dlexp.train import train
 
 QUICK = ["experiment=style_transfer", "model.weights=none", "data.size=32", "data.repeat=4"]
 
@@ -41,7 +42,7 @@ def test_style_transfer_loss_falls_and_images_land(images, env, tmp_path):
         "task.out_size=64",
     )
     metrics = train(cfg, tmp_path)
-    losses = [h["train/loss"] for h in metrics["history"]]
+    losses = [h["train/loss"] for h in read_history(tmp_path)]
     assert losses[-1] < losses[0]
     assert {"train/content", "train/style"} <= set(metrics)
     assert "stylized" in read_tags(tmp_path)["images"]

@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import cli, dlexp, make_cfg, read_hparams, read_tags
+from dlexp.build import build
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import config_dir, main
 from dlexp.data import load_data
-from dlexp.train import build, train
+from dlexp.record import read_history
+from dlexp.run import train
 
 STARTS_FROM = {
     "ae_pretrain_classify": ["experiment=ae_fashion_pretrain"],
@@ -268,9 +270,10 @@ def test_one_objective_for_the_sweeper_the_summary_the_report_and_best_pt(env, c
     assert cli(capsys, "report", str(sweep))[0] == 0
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert float(rows[0]["val/acc"]) == max(m["val/acc"] for m in metrics)  # starred = first
-    for job, m in zip(jobs(sweep), metrics, strict=True):  # best.pt: the best val/acc epoch
-        best = load_checkpoint(job / "checkpoints" / "best.pt")
-        assert best["history"][-1]["val/acc"] == max(h["val/acc"] for h in m["history"])
+    for job in jobs(sweep):  # best.pt: the first epoch with the best val/acc
+        best = load_checkpoint(job / "checkpoints" / "best.pt")["loop"]
+        accs = [h["val/acc"] for h in read_history(job)]
+        assert best["best"] == pytest.approx(max(accs)) and accs[best["epoch"] - 1] == max(accs)
 
 
 def test_a_sweep_says_which_job_of_how_many_and_the_time_left(env, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_cfg
 from dlexp.cli import main
-from dlexp.train import train
+from dlexp.run import train
 
 
 def free_port() -> int:

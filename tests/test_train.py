@@ -13,7 +13,8 @@ from dlexp.checkpoint import load_checkpoint
 from dlexp.data import load_data
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
-from dlexp.train import train
+from dlexp.record import read_history
+from dlexp.run import train
 
 IMAGE_DATA = ["mnist", "fashion_mnist", "emnist", "cifar10", "stl10"]
 PAIRS = [("ann", d) for d in ["iris", "qwerties", "regression", *IMAGE_DATA]] + [
@@ -119,7 +120,8 @@ def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
 )
 def test_optimizers_schedulers_losses_and_model_options(overrides, env, tmp_path):
     metrics = train(make_cfg("trainer.epochs=5", *overrides), run_dir=tmp_path)
-    losses = [h["train/loss"] for h in metrics["history"]]
+    history = read_history(tmp_path)
+    losses = [h["train/loss"] for h in history]
     assert losses[-1] < losses[0]  # it learns ...
     assert metrics["test/acc"] >= 0.6  # ... well above chance (1/3) on 3-class Iris
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -129,7 +131,7 @@ def test_optimizers_schedulers_losses_and_model_options(overrides, env, tmp_path
         if key in ("optimizer.momentum", "optimizer.nesterov"):
             assert str(group[key.split(".")[1]]).lower() == value
     if any(o.startswith("scheduler=") for o in overrides):
-        assert len({h["lr"] for h in metrics["history"]}) > 1
+        assert len({h["lr"] for h in history}) > 1
 
 
 def test_schedulers_change_the_learning_rate(env, tmp_path):
@@ -215,7 +217,7 @@ def test_binary_classification_reports_roc_auc(env, tmp_path):
 
 
 def test_a_linear_activation_makes_the_mlp_an_affine_map(env, tmp_path):
-    from dlexp.run import load_run
+    from dlexp.build import load_run
 
     train(make_cfg("model.activation=linear", "trainer.epochs=1"), run_dir=tmp_path)
     model = load_run(tmp_path).model.eval()
@@ -227,7 +229,7 @@ def test_a_linear_activation_makes_the_mlp_an_affine_map(env, tmp_path):
 
 
 def test_the_course_cnns_normalise_after_the_convs_only(env):
-    from dlexp.train import build
+    from dlexp.build import build
 
     model = build(make_cfg("model=cnn_emnist", "data=emnist"), torch.device("cpu"))[2]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.features.modules()) == 2

@@ -9,12 +9,15 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_cfg, read_scalars
+from dlexp.build import build
 from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import config_dir
 from dlexp.data import Data, DataMeta, Split
-from dlexp.distributed import NullWriter
+from dlexp.record import Job, Records
+from dlexp.run import train
+from dlexp.steps import ModuleStep
 from dlexp.tasks.base import Task
-from dlexp.train import build, train
+from dlexp.train import namespace
 from dlexp.trainer import Trainer
 
 
@@ -52,6 +55,7 @@ def fit(task, tmp_path, *overrides: str, lr: float = 0.1):
         OmegaConf.load(config_dir() / "trainer" / "default.yaml"),
         OmegaConf.from_dotlist(["progress=none", "checkpoint=false", *overrides]),
     )
+    cfg = namespace(OmegaConf.to_container(cfg))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 4, generator=gen), torch.randn(40, 1, generator=gen)
     split = Split(x, y)
@@ -64,8 +68,10 @@ def fit(task, tmp_path, *overrides: str, lr: float = 0.1):
     optimizers = {
         key: torch.optim.SGD(params, lr=lr) for key, params in task.parameter_groups(model).items()
     }
-    trainer = Trainer(cfg, torch.device("cpu"), tmp_path, 0, NullWriter(), "")
-    metrics = trainer.fit(task, model, data, optimizers, None, "epoch", 8, 64, {})
+    step = ModuleStep(task, model, data, optimizers, None, "epoch", cfg, torch.device("cpu"), 0)
+    job = Job(tmp_path, "run", OmegaConf.create({}), data.meta, {})
+    records = Records([job], "train/loss", cfg)
+    metrics = Trainer(cfg, step, records, task).fit(8, 64)[0]
     return metrics, start, model.state_dict()
 
 
@@ -122,7 +128,7 @@ def test_one_cycle_is_sized_from_the_real_step_count(env, tmp_path):
 def test_precision_fast_uses_bf16_where_the_cpu_has_it_and_says_so(
     native, precision, expected, env, tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr("dlexp.trainer.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("dlexp.device.cpu_has_native_bf16", lambda: native)
     dtypes = set()
 
     def hook(module, args, output) -> None:

@@ -11,7 +11,7 @@ from dlexp.checkpoint import load_checkpoint
 from dlexp.cli import main
 from dlexp.data import load_data
 from dlexp.models import build_model
-from dlexp.train import train
+from dlexp.run import train
 
 
 def test_letters_to_digits_copies_conv_layers_replaces_head_and_freezes(env, tmp_path):

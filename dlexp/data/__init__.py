@@ -4,6 +4,7 @@
 indexing; nothing here runs per sample.
 """
 
-from dlexp.data.core import Data, DataMeta, Split, load_data
+from dlexp.data.core import Data, DataMeta, Split
+from dlexp.data.load import load_data
 
 __all__ = ["Data", "DataMeta", "Split", "load_data"]

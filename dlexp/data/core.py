@@ -1,4 +1,5 @@
-"""Tensors, metadata, splitting and batching shared by every data set."""
+"""Tensors, metadata and batching shared by every data set (loaders build them; dlexp.data.load
+splits them)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
-
-from dlexp.errors import DlexpError
 
 
 @dataclass
@@ -170,212 +167,8 @@ def augment(
     return x
 
 
-def _split(
-    y: torch.Tensor, fraction: float, seed: int, stratify: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held out), round(fraction * n) held out, each class in proportion."""
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=gen)
-    order = perm
-    if stratify:
-        # Spread each class evenly over [0, 1) and sort by that position: any prefix of the
-        # order then holds every class in proportion (ties broken by the random permutation).
-        yp = y[perm]
-        position = torch.empty(len(y))
-        for c in yp.unique():
-            where = torch.nonzero(yp == c).flatten()
-            position[where] = torch.arange(len(where)) / len(where)
-        order = perm[torch.sort(position, stable=True).indices]
-    n_hold = round(fraction * len(y))
-    hold, keep = order[:n_hold], order[n_hold:]
-    return keep[torch.randperm(len(keep), generator=gen)], hold
-
-
-def _fold(y: torch.Tensor, folds: int, fold: int, seed: int, stratified: bool):
-    """k-fold cross-validation (scikit-learn's splitters, stratified for classes): the
-    training indices and those of validation fold `fold`. The folds depend on the seed alone,
-    so a sweep over data.fold partitions the same training data."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    if not 0 <= fold < folds:
-        raise DlexpError(f"data.fold={fold} is not a fold of data.folds={folds}; use 0 to {folds - 1}.")
-    kind = StratifiedKFold if stratified else KFold
-    splitter = kind(n_splits=folds, shuffle=True, random_state=seed % 2**32)
-    labels = y.numpy() if stratified else None
-    try:
-        keep, hold = list(splitter.split(np.zeros(len(y)), labels))[fold]
-    except ValueError as err:  # fewer samples (of a class) than folds
-        raise DlexpError(f"data.folds={folds} cannot split this training data: {err}") from err
-    return torch.from_numpy(keep), torch.from_numpy(hold)
-
-
-FEATURES = ("square", "log", "products", "radius")
-
-
-def with_features(split: Split, names: list[str]) -> Split:
-    """The features plus non-linear ones (the course's feature augmentation): each feature
-    squared, log(1 + |x|), the products of every pair, the distance from the origin."""
-    unknown = [n for n in names if n not in FEATURES]
-    if unknown or split.x.dim() != 2:
-        raise DlexpError(
-            f"data.features={names}: use any of {', '.join(FEATURES)}, on tabular data."
-        )
-    x, extra = split.x, []
-    if "square" in names:
-        extra.append(x**2)
-    if "log" in names:
-        extra.append(torch.log1p(x.abs()))
-    if "products" in names:
-        i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1)
-        extra.append(x[:, i] * x[:, j])
-    if "radius" in names:
-        extra.append(x.norm(dim=1, keepdim=True))
-    return Split(torch.cat([x, *extra], 1), split.y)
-
-
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units (float images: as they are),
-    in chunks to bound memory."""
-    c = x.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for chunk in x.split(4096):
-        chunk = chunk.to(torch.float64) if x.is_floating_point() else chunk.double().div_(255)
-        total += chunk.sum(dim=(0, 2, 3))
-        total_sq += chunk.pow(2).sum(dim=(0, 2, 3))
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
-
-
-def _keep_classes(train: Split, test: Split | None, meta: DataMeta, wanted: list) -> tuple:
-    """Keep only the listed classes (by name, any case, or by index), relabelled 0..k-1."""
-    lower = [n.lower() for n in meta.class_names]
-    keep = []
-    for item in wanted:
-        if isinstance(item, int) and 0 <= item < meta.num_classes:
-            keep.append(item)
-        elif str(item).lower() in lower:
-            keep.append(lower.index(str(item).lower()))
-        else:
-            raise DlexpError(
-                f"data.classes: {item!r} is not a class of {meta.name}; its classes are "
-                f"{', '.join(meta.class_names)} (or their indices 0..{meta.num_classes - 1})."
-            )
-    table = torch.full((meta.num_classes,), -1, dtype=torch.long)
-    table[torch.tensor(keep)] = torch.arange(len(keep))
-
-    def only(s: Split | None) -> Split | None:
-        if s is None:
-            return None
-        mask = table[s.y] >= 0
-        return Split(s.x[mask], table[s.y[mask]])
-
-    names = [meta.class_names[i] for i in keep]
-    return only(train), only(test), replace(meta, num_classes=len(keep), class_names=names)
-
-
-def _resized(s: Split | None, size: int) -> Split | None:
-    """Images resized once at load (e.g. to DCGAN's 64x64), still uint8."""
-    if s is None:
-        return None
-    out = [
-        F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        .round_()
-        .clamp_(0, 255)
-        .to(torch.uint8)
-        for chunk in s.x.split(2048)
-    ]
-    return Split(torch.cat(out), s.y)
-
-
-def _check_fraction(key: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise DlexpError(
-            f"data.{key}={value} is out of range: it is the fraction of samples held out and "
-            f"must be at least 0 and below 1 (e.g. data.{key}=0.1)."
-        )
-
-
-def _check_enough(train: Split, meta: DataMeta, cfg: DictConfig) -> None:
-    """A split that leaves too few training samples would train on noise: refuse it as such."""
-    classes = meta.num_classes
-    present = len(train.y.unique()) if classes and len(train) else 0
-    if len(train) >= 2 and (not classes or present == classes):
-        return
-    need = f"at least one of each of its {classes} classes" if classes else "at least 2"
-    held = [f"data.{k}={cfg.get(k)}" for k in ("val_fraction", "test_fraction", "subset")]
-    raise DlexpError(
-        f"data={meta.name}: the splits leave {len(train)} training sample(s)"
-        + (f" covering {present} of {classes} classes" if classes else "")
-        + f", and training needs {need}. With {', '.join(h for h in held if not h.endswith('None'))}"
-        " too much is held out (or cut); lower data.val_fraction / data.test_fraction, or raise "
-        "data.subset."
-    )
-
-
-def _rolled(x: torch.Tensor, most: int, gen: torch.Generator) -> torch.Tensor:
-    """Each image rolled (wrapped around) sideways by its own random -most..most pixels."""
-    n, width = len(x), x.shape[-1]
-    shift = torch.randint(-most, most + 1, (n, 1), generator=gen)
-    cols = (torch.arange(width).view(1, width) - shift) % width
-    return x.gather(-1, cols.view(n, *[1] * (x.dim() - 2), width).expand_as(x))
-
-
-def load_data(cfg: DictConfig, seed: int) -> Data:
-    """Load the data set named by `cfg` (a `data` config) and split it into train/val/test."""
-    _check_fraction("val_fraction", cfg.val_fraction)
-    from dlexp.data.cache import load_raw
-
-    raw = load_raw(cfg)
-    meta = raw.meta
-    train, test = raw.train, raw.test
-    if cfg.get("classes"):
-        train, test, meta = _keep_classes(train, test, meta, list(cfg.classes))
-    if cfg.get("resize") and meta.kind == "image":
-        train, test = (_resized(s, int(cfg.resize)) for s in (train, test))
-        meta.input_shape = (meta.input_shape[0], int(cfg.resize), int(cfg.resize))
-    classify = meta.num_classes > 0
-    if test is None:  # tabular sets: hold out a test split first
-        _check_fraction("test_fraction", cfg.test_fraction)
-        keep, hold = _split(train.y, cfg.test_fraction, seed, classify)
-        train, test = train.take(keep), train.take(hold)
-    if cfg.get("folds"):
-        keep, hold = _fold(train.y, int(cfg.folds), int(cfg.get("fold", 0)), seed, classify)
-    else:
-        keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
-    train, val = train.take(keep), train.take(hold)
-
-    if cfg.get("subset"):
-        gen = torch.Generator().manual_seed(seed)
-        train, val, test = (
-            s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
-        )
-
-    if cfg.get("balance", "none") != "none":  # the training split only
-        from dlexp.data.balance import rebalance
-
-        train = rebalance(train, meta, str(cfg.balance), seed)
-    _check_enough(train, meta, cfg)
-    if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
-        train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
-    if cfg.get("roll"):  # the course's shifted MNIST: images rolled sideways, once each
-        gen = torch.Generator().manual_seed(seed + 2)
-        roll = lambda s: Split(_rolled(s.x, int(cfg.roll), gen), s.y)  # noqa: E731
-        test = roll(test)
-        if cfg.get("roll_train"):
-            train, val = roll(train), roll(val)
-    if cfg.get("features"):  # added non-linear features (tabular), before scaling
-        train, val, test = (with_features(s, list(cfg.features)) for s in (train, val, test))
-        meta.input_shape = (train.x.shape[1],)
-    if meta.kind == "image":
-        meta.mean, meta.std = _channel_stats(train.x)
-    elif cfg.get("standardize"):
-        mu, sigma = train.x.mean(0), train.x.std(0).clamp_min(1e-8)
-        train, val, test = (Split((s.x - mu) / sigma, s.y) for s in (train, val, test))
-    augment = {k: v for k, v in (cfg.get("augment") or {}).items() if v}
-    normalize = cfg.get("normalize", "standard")
-    if normalize not in ("standard", "unit", "symmetric"):
-        raise DlexpError(f"data.normalize={normalize!r} is not known; use standard, unit or symmetric.")
-    return Data(train, val, test, meta, augment, normalize)
+def tabular(loader):
+    """Marks a loader of feature tables: jobs of a sweep on its data can be stacked
+    (dlexp.stacked), each job's (samples, features) tensors along a leading job dimension."""
+    loader.why_not_stacked = lambda **settings: None
+    return loader

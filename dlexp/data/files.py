@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlexp.data.core import DataMeta, Raw, Split
+from dlexp.data.core import DataMeta, Raw, Split, tabular
 from dlexp.errors import DlexpError
 
 
+@tabular
 def csv_table(
     path: str, target: str, drop: list[str] = (), delimiter: str | None = None
 ) -> Raw:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
 
-from dlexp.data.core import DataMeta, Raw, Split
+from dlexp.data.core import DataMeta, Raw, Split, tabular
 from dlexp.errors import DlexpError
 
 
+@tabular
 def iris() -> Raw:
     """Fisher's iris, read from the CSV that scikit-learn ships (without importing sklearn,
     which would add over a second to every run's start-up)."""
@@ -26,6 +27,7 @@ def iris() -> Raw:
     return Raw(Split(x, y), None, DataMeta("iris", "tabular", (4,), 3, names))
 
 
+@tabular
 def qwerties(
     centers: list[list[float]], spread: float = 1.0, n_per_class: int = 100, seed: int = 0
 ) -> Raw:
@@ -44,6 +46,7 @@ def qwerties(
     return Raw(Split(x, y), None, DataMeta("qwerties", "tabular", (c.shape[1],), len(centers), names))
 
 
+@tabular
 def doughnuts(
     n_per_class: int = 200, radii: tuple[float, float] = (10.0, 15.0), seed: int = 0
 ) -> Raw:
@@ -64,6 +67,7 @@ def doughnuts(
     return Raw(Split(x, y), None, DataMeta("doughnuts", "tabular", (2,), 2, ["inner", "outer"]))
 
 
+@tabular
 def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) -> Raw:
     """The regression toy: x ~ N(0, 1), y = slope * x + noise * N(0, 1)."""
     gen = torch.Generator().manual_seed(seed)
@@ -75,6 +79,7 @@ def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) 
 WINE_CSV = Path(__file__).with_name("winequality-red.csv")  # UCI red wine quality, CC BY 4.0
 
 
+@tabular
 def wine(target: str = "quality_binary", path: str | None = None, threshold: int = 5) -> Raw:
     """The course's red wine data (DUDL_metaparams_*): wines with total sulfur dioxide >= 200
     dropped (outliers), every feature z-scored over the whole set (as the course does), and

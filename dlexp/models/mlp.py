@@ -36,6 +36,16 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    @staticmethod
+    def why_not_stacked(dropout: float = 0.0, batch_norm: bool = False, **settings) -> str | None:
+        """Jobs of MLPs with the same sizes train as one stacked model (dlexp.stacked: Linear
+        layers and element-wise activations) unless a layer is random or keeps statistics."""
+        if dropout:
+            return "dropout masks are random per step"
+        if batch_norm:
+            return "batch norm keeps running statistics"
+        return None
+
 
 def dense_stack(
     width: int, hidden: list[int], activation: str, batch_norm: bool = False, dropout: float = 0.0

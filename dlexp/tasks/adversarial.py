@@ -105,15 +105,17 @@ class Adversarial(Task):
         kl = (probs * (probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
         return {"quality": kl.mean().exp().item(), "confidence": probs.max(1).values.mean().item()}
 
-    def _classifier(self, data, device) -> nn.Module:
-        if self.classifier is None:
-            from dlexp.run import load_run
+    def runs(self) -> dict[str, str]:
+        return {"quality": self.quality_from} if self.quality_from else {}
 
-            loaded = load_run(self.quality_from)
-            self.classifier_meta = loaded.meta
-            self.classifier = loaded.model.to(device).eval()
+    def use_runs(self, loaded) -> None:
+        if "quality" in loaded:
+            self.classifier_meta = loaded["quality"].meta
+            self.classifier = loaded["quality"].model.eval()
             log.info(f"quality score: samples are judged by the classifier in {self.quality_from}")
-        return self.classifier
+
+    def _classifier(self, data, device) -> nn.Module:
+        return self.classifier.to(device)
 
     def _as_classifier_input(self, images: torch.Tensor, data) -> torch.Tensor:
         meta = self.classifier_meta

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +32,14 @@ class Task:
     # The default step runs the model's forward, which DistributedDataParallel synchronises;
     # a task that calls parts of its model (a GAN's generator, discriminator) is not ready.
     ddp_ready: bool = True
-    # Whether `loss_and_grad` holds this task's loss and its gradient (dlexp.closed_form).
-    closed_form_loss: bool = False
+    # Optional hooks (None: the task has none, and the engine asks nothing per job):
+    # extra_metrics(model, data) -> validation metrics that are not sums over batches (a GAN's
+    # sample quality); epoch_report(writer, model, data, step) -> TensorBoard extras per epoch.
+    extra_metrics: Callable | None = None
+    epoch_report: Callable | None = None
+    # A task whose jobs can train as one stacked model (dlexp.stacked) says so with a static
+    # `why_not_stacked(**settings) -> str | None` (None: these settings can); its `loss` and
+    # `sums` then take outputs and targets with a leading job dimension.
 
     def prepare(
         self, x: torch.Tensor, y: torch.Tensor, train: bool
@@ -41,12 +48,6 @@ class Task:
         return x, y
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def loss_and_grad(
-        self, out: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss(out, target)` and its gradient with respect to `out`, written out."""
         raise NotImplementedError
 
     def train_step(
@@ -77,23 +78,9 @@ class Task:
         """Per-batch metric sums, kept on the device (no host sync)."""
         return {"loss": loss.detach().float() * target.shape[0]}
 
-    def job_scores(
-        self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss and metric sums of each job of a stacked group (dlexp.stacked): every
-        tensor has a leading job dimension. By default this task's `loss` and `sums`, vmapped
-        over the jobs; a task may compute them batched itself (a vmap call costs ~100 µs)."""
-        from torch.func import vmap
-
-        def score(out, y, x):
-            loss = self.loss(out, y)
-            return loss, self.sums(out.detach(), y, loss.detach(), x)
-
-        return vmap(score)(out, y, x)
-
-    def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        """Epoch metrics from the summed values: one host sync per epoch. The batched launcher
-        passes sums with one value per job (shape (jobs,)) and reads back lists."""
+    def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, list[float]]:
+        """Epoch metrics from the summed values (each of shape (jobs,)), one value per job:
+        one host sync per epoch."""
         n = max(count, 1)  # (divided in Python, in double precision: fewer ops than on tensors)
         values = [
             [v / n for v in row] if isinstance(row, list) else row / n
@@ -104,19 +91,20 @@ class Task:
     def begin(self, model: nn.Module, data, fresh: bool) -> None:
         """Called once before training (`fresh`: not resumed from a checkpoint)."""
 
+    def runs(self) -> dict[str, str]:
+        """Finished runs this task uses, by name (a GAN's quality classifier): dlexp.build
+        loads them and hands them to `use_runs` (a task never loads runs itself)."""
+        return {}
+
+    def use_runs(self, loaded: dict[str, Any]) -> None:
+        """The runs `runs()` named, loaded (dlexp.build.LoadedRun: config, meta, model)."""
+
     def parameter_groups(self, model: nn.Module) -> dict[str, list]:
         """Parameters per optimizer config key (a GAN has `optimizer` and `optimizer_d`)."""
         return {"optimizer": [p for p in model.parameters() if p.requires_grad]}
 
-    def extra_metrics(self, model: nn.Module, data) -> dict[str, float]:
-        """Validation metrics that are not sums over batches (e.g. a GAN's sample quality)."""
-        return {}
-
     def start_eval(self) -> None:
         """Called before each evaluation pass (e.g. to make its randomness repeatable)."""
-
-    def epoch_report(self, writer, model: nn.Module, data, step: int) -> None:
-        """TensorBoard extras after each epoch."""
 
     def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Metrics of the whole test split that are not sums over batches (per class, ...)."""

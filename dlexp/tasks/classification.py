@@ -26,69 +26,55 @@ class Classification(Task):
         self.num_classes = num_classes
         self.class_names = meta.class_names
         self.num_outputs = 1 if self.binary else num_classes
-        weights = torch.tensor(meta.class_weights) if meta.class_weights else None
-        if loss is None and weights is not None:  # data.balance=class_weight
-            loss = (
-                nn.BCEWithLogitsLoss(pos_weight=weights[1:] / weights[0])
-                if self.binary
-                else nn.CrossEntropyLoss(weight=weights.float())
-            )
-            self.default_loss = False
-        else:
-            self.default_loss = loss is None
-        self.loss_fn = loss or (nn.BCEWithLogitsLoss() if self.binary else nn.CrossEntropyLoss())
-        # The default losses are called as functions (a module call costs microseconds, and a
-        # course run scores 1,000 epochs); they have closed-form gradients (loss_and_grad).
-        self._loss = self.loss_fn
-        if self.default_loss:
-            self._loss = F.binary_cross_entropy_with_logits if self.binary else F.cross_entropy
-        self.closed_form_loss = self.default_loss
-        self._loss_device = torch.device("cpu")  # where the loss's weights are
+        # The default losses (with data.balance=class_weight's weights) are computed per
+        # sample, so that one definition serves a single run and a stacked group (outputs with
+        # a leading job dimension); a `loss` config's module is called as it is.
+        self.weights = torch.tensor(meta.class_weights) if meta.class_weights else None
+        self.loss_fn = loss
+        self._loss_device = torch.device("cpu")
+
+    @staticmethod
+    def why_not_stacked(loss=None, **settings) -> str | None:
+        return "a loss config is set" if loss else None
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         """Class indices (bools for one logit: False/True are classes 0/1)."""
-        return out.squeeze(1) > 0 if self.binary else out.argmax(1)
+        return out.squeeze(-1) > 0 if self.binary else out.argmax(-1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not self.default_loss and out.device != self._loss_device:  # class weights follow
-            self.loss_fn.to(out.device)
-            self._loss_device = out.device
+        """The mean loss over the batch (the last dimension of y): BCE-with-logits for one
+        logit, cross-entropy for more, class-weighted as torch weighs them."""
+        if self.loss_fn is not None:  # (as nn's losses take them; buffers on out's device)
+            if out.device != self._loss_device:
+                self.loss_fn.to(out.device)
+                self._loss_device = out.device
+            return (
+                self.loss_fn(out.squeeze(1), y.to(out.dtype))
+                if self.binary
+                else self.loss_fn(out, y)
+            )
+        w = self.weights
+        if w is not None and w.device != out.device:
+            self.weights = w = w.to(out.device)
         if self.binary:
-            return self._loss(out.squeeze(1), y.to(out.dtype))
-        return self._loss(out, y)
-
-    def loss_and_grad(self, out, y):
-        """The default losses' gradients: (sigmoid - target) / N for one logit, (softmax -
-        one-hot) / N for C."""
-        expected = y.unsqueeze(1) if self.binary else F.one_hot(y, out.shape[1])
-        probs = torch.sigmoid(out) if self.binary else torch.softmax(out, 1)
-        return self.loss(out, y), (probs - expected) / y.shape[0]
+            pos = None if w is None else w[1:] / w[0]
+            each = F.binary_cross_entropy_with_logits(
+                out.squeeze(-1), y.to(out.dtype), pos_weight=pos, reduction="none"
+            )
+            return each.mean(-1)
+        logits = out.movedim(-1, 1) if out.dim() > 2 else out  # (jobs, C, batch)
+        each = F.cross_entropy(logits, y, weight=w, reduction="none")
+        if w is None:
+            return each.mean(-1)
+        return each.sum(-1) / w[y].sum(-1)  # torch's weighted mean
 
     def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
         if out.requires_grad:  # (a detach costs as much as a small op: only where needed)
             out, loss = out.detach(), loss.detach()
         return {
-            "loss": loss.float() * y.shape[0],
-            "acc": (self.predict(out) == y).sum(dtype=torch.float32),
+            "loss": loss.float() * y.shape[-1],
+            "acc": (self.predict(out) == y).sum(-1, dtype=torch.float32),
         }
-
-    def job_scores(self, out, y, x):
-        """With the default loss, computed for all jobs at once (the stacked course grids)."""
-        if not self.default_loss:
-            return super().job_scores(out, y, x)
-        if self.binary:
-            logit = out.squeeze(-1)
-            each = F.binary_cross_entropy_with_logits(logit, y.to(out.dtype), reduction="none")
-            predicted = (logit > 0).long()
-        else:
-            each = F.cross_entropy(out.transpose(1, 2), y, reduction="none")
-            predicted = out.argmax(-1)
-        loss = each.mean(1)
-        sums = {
-            "loss": loss.detach().float() * y.shape[1],
-            "acc": (predicted.detach() == y).sum(1).float(),
-        }
-        return loss, sums
 
     def probabilities(self, out: torch.Tensor) -> torch.Tensor:
         """(N, C) class probabilities (two columns for one logit)."""

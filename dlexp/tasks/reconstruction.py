@@ -100,7 +100,9 @@ class Reconstruction(Task):
     def summarize(self, sums, count):
         metrics = super().summarize(sums, count)
         if "input_mse" in metrics:  # how much cleaner than its corrupted input the output is
-            metrics["gain"] = metrics["input_mse"] - metrics["mse"]
+            metrics["gain"] = [
+                a - b for a, b in zip(metrics["input_mse"], metrics["mse"], strict=True)
+            ]
         return metrics
 
     def _grid(self, model, data) -> torch.Tensor:

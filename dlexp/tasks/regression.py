@@ -14,30 +14,32 @@ class Regression(Task):
     num_outputs = 1
 
     def __init__(self, meta=None, loss: nn.Module | None = None):
-        self.loss_fn = loss or nn.MSELoss()
-        self.closed_form_loss = loss is None
+        self.loss_fn = loss
+
+    @staticmethod
+    def why_not_stacked(loss=None, **settings) -> str | None:
+        return "a loss config is set" if loss else None
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(out, y.view_as(out).to(out.dtype))
-
-    def loss_and_grad(self, out, y):
-        """MSE and its gradient, 2 (out - target) / N."""
+        """MSE by default: the mean over the batch (one value per job in a stacked group)."""
         target = y.view_as(out).to(out.dtype)
-        return F.mse_loss(out, target), (out - target) * (2.0 / out.numel())
+        if self.loss_fn is not None:
+            return self.loss_fn(out, target)
+        return F.mse_loss(out, target, reduction="none").flatten(-2).mean(-1)
 
     def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
-        p, t = out.detach().float().flatten(), y.float().flatten()
+        p, t = out.detach().float().flatten(-2), y.float().flatten(-2)
         return {
-            "loss": loss.detach().float() * y.shape[0],
-            "p": p.sum(),
-            "t": t.sum(),
-            "pp": (p * p).sum(),
-            "tt": (t * t).sum(),
-            "pt": (p * t).sum(),
+            "loss": loss.detach().float() * y.shape[-2],
+            "p": p.sum(-1),
+            "t": t.sum(-1),
+            "pp": (p * p).sum(-1),
+            "tt": (t * t).sum(-1),
+            "pt": (p * t).sum(-1),
         }
 
     def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        s = {k: v.double() for k, v in sums.items()}  # (or one value per job: see Task)
+        s = {k: v.double() for k, v in sums.items()}  # (one value per job: see Task)
         n = max(count, 1)
         cov = s["pt"] / n - s["p"] * s["t"] / n**2
         var = (s["pp"] / n - (s["p"] / n) ** 2) * (s["tt"] / n - (s["t"] / n) ** 2)
