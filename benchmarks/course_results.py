@@ -339,7 +339,7 @@ def notebook_of(experiment: str) -> str:
 def run_jobs(experiment: str, seed: int, extra: list[str], out: Path) -> list[Job]:
     """One seed of an experiment: its single run, or every job of its sweep."""
     from dlexp.cli import main
-    from dlexp.train import train
+    from dlexp.run import train
 
     overrides = [f"experiment={experiment}", f"seed={seed}", *extra]
     # The file's sweep, or one it inherits from the experiment it extends.
@@ -458,7 +458,7 @@ PAIRS: list[tuple[str, str, list[str]]] = [
 def check_pair(
     model: str, data: str, extra: list[str], work: Path, judge: Path
 ) -> tuple[bool, str]:
-    from dlexp.train import train
+    from dlexp.run import train
 
     overrides = [f"model={model}", f"data={data}", *extra]
     if model in ("gan", "dcgan"):
@@ -479,7 +479,7 @@ def check_pair(
 
 
 def pairs(work: Path) -> bool:
-    from dlexp.train import train
+    from dlexp.run import train
 
     # The judge for the GANs' quality score: an MNIST classifier (the course's CNN, 2 epochs).
     judge = work / "judge"

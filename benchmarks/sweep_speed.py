@@ -131,7 +131,7 @@ SINGLE = (
     COURSE_LOOP
     + """
 from dlexp.cli import compose_train
-from dlexp.train import train
+from dlexp.run import train
 os.environ["DLEXP_OUTPUTS"] = tempfile.mkdtemp()
 data, labels = qwerties()
 def course_model():

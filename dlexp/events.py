@@ -87,6 +87,7 @@ class EventFile:
         EventFile.count += 1
         self.log_dir = str(log_dir)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        Path(log_dir).mkdir(parents=True, exist_ok=True)  # (as SummaryWriter makes it)
         self.path = Path(log_dir) / f"{name}.{os.getpid()}.{EventFile.count}"
         self.buffer = bytearray()
         self.flushed = time.monotonic()

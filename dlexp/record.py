@@ -73,6 +73,7 @@ class Records:
         self.stale = np.zeros(n, dtype=int)
         self.best_epoch = np.zeros(n, dtype=int)
         self.status: list[str | None] = [None] * n  # None: training
+        self.active = np.ones(n, dtype=bool)  # (status is None)
         self.message: list[str] = [""] * n
         self.ended: list[tuple[int, int] | None] = [None] * n  # (epoch, step) where it ended
         self.last: list[dict[str, float] | None] = [None] * n  # its last epoch's metrics
@@ -97,10 +98,6 @@ class Records:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    @property
-    def active(self) -> np.ndarray:
-        return np.array([s is None for s in self.status])
-
     # ------------------------------------------------------------------ the log
     def log(self, j: int, message: str, level: int = logging.INFO) -> None:
         """A line in job j's train.log (and on the console for the first job)."""
@@ -114,8 +111,13 @@ class Records:
     # --------------------------------------------------------------- each epoch
     def scalars(self, values: dict[str, list[float]], step: int, jobs: np.ndarray | None = None):
         """Scalars with one value per job into each (active, or given) job's event file, one
-        event each, encoded once for the group (scalars_event)."""
+        event each. A group encodes the values once for all its jobs (scalars_event); one job
+        packs them directly (EventWriter.scalars): the same bytes (tests/test_events.py)."""
         if not self.main or not values:
+            return
+        if len(self) == 1:
+            if jobs is None or jobs[0]:
+                self.writers[0].scalars({k: v[0] for k, v in values.items()}, step)
             return
         tags = list(values)
         heads = [scalar_head(t) for t in tags]
@@ -170,6 +172,7 @@ class Records:
         """Job j stops training (stopped early, diverged or interrupted) at this epoch."""
         self.last[j] = self.job_metrics(j) if self.epoch_metrics else {}
         self.status[j], self.message[j], self.ended[j] = status, message, (epoch, step)
+        self.active[j] = False
         if status in ("diverged", "interrupted") and self.main:
             save_json(
                 self.jobs[j].dir / "metrics.json",

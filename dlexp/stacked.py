@@ -139,14 +139,22 @@ class StackedOptimizer:
         self.kind, self.groups, self.params = kind, groups, params
         device = next(iter(params.values())).device
 
-        def per_job(name: str) -> torch.Tensor:
-            return torch.tensor([float(g.get(name, 0.0)) for g in groups], device=device)
+        def per_job(value) -> torch.Tensor:  # (computed in Python's doubles, as torch does)
+            return torch.tensor([float(value(g)) for g in groups], device=device)
 
-        self.h = {k: per_job(k) for k in ("lr", "momentum", "weight_decay", "eps", "alpha")}
+        self.h = {
+            k: per_job(lambda g, k=k: g.get(k, 0.0))
+            for k in ("lr", "momentum", "weight_decay", "eps", "alpha")
+        }
+        self.h["1-alpha"] = per_job(lambda g: 1 - g.get("alpha", 0.0))
+        self.h["1-lr*wd"] = per_job(lambda g: 1 - g["lr"] * g.get("weight_decay", 0.0))
         self.adam = issubclass(kind, torch.optim.Adam) or kind is torch.optim.AdamW
         if self.adam:  # (float64 for the bias corrections, as torch computes them)
             self.betas = torch.tensor([g["betas"] for g in groups], dtype=torch.float64)
-            self.h["beta1"], self.h["beta2"] = self.betas.float().to(device).unbind(1)
+            self.h["1-beta1"] = per_job(lambda g: 1 - g["betas"][0])
+            self.h["beta2"] = per_job(lambda g: g["betas"][1])
+            self.h["1-beta2"] = per_job(lambda g: 1 - g["betas"][1])
+        self.lrs = torch.tensor([g["lr"] for g in groups], dtype=torch.float64)
         self.nesterov = bool(groups[0].get("nesterov"))
         self.decoupled = kind is torch.optim.AdamW or bool(groups[0].get("decoupled_weight_decay"))
         self.uses_momentum = bool(self.h["momentum"].any())
@@ -164,7 +172,10 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
-        t = self.step_count
+        if self.adam:  # torch's step size lr / (1 - beta1^t) and sqrt(1 - beta2^t), in doubles
+            bc1, bc2 = (1 - self.betas**self.step_count).unbind(1)
+            device = next(iter(self.params.values())).device
+            size, root = (self.lrs / bc1).float().to(device), bc2.sqrt().float().to(device)
         for name, p in self.params.items():
             g, s, lr = p.grad, self.state[name], self._h("lr", p)
             if self.decay and not (self.adam and self.decoupled):
@@ -179,19 +190,16 @@ class StackedOptimizer:
                 p.sub_(lr * g)
             elif self.adam:
                 if self.decay and self.decoupled:
-                    p.mul_(1 - lr * self._h("weight_decay", p))
-                b1, b2 = self._h("beta1", p), self._h("beta2", p)
+                    p.mul_(self._h("1-lr*wd", p))
                 m = s.setdefault("exp_avg", torch.zeros_like(p))
                 v = s.setdefault("exp_avg_sq", torch.zeros_like(p))
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).add_((1 - b2) * g * g)
-                bc1, bc2 = (1 - self.betas**t).to(p).unbind(1)
-                denom = (v.sqrt() / self._view(bc2.sqrt(), p)).add_(self._h("eps", p))
-                p.sub_(lr / self._view(bc1, p) * m / denom)
+                m.lerp_(g, self._h("1-beta1", p))
+                v.mul_(self._h("beta2", p)).add_(self._h("1-beta2", p) * g * g)
+                denom = (v.sqrt() / self._view(root, p)).add_(self._h("eps", p))
+                p.sub_(self._view(size, p) * (m / denom))
             else:  # RMSprop
-                alpha = self._h("alpha", p)
                 sq = s.setdefault("square_avg", torch.zeros_like(p))
-                sq.mul_(alpha).add_((1 - alpha) * g * g)
+                sq.mul_(self._h("alpha", p)).add_(self._h("1-alpha", p) * g * g)
                 g = g / sq.sqrt().add_(self._h("eps", p))
                 if self.uses_momentum:
                     buf = s.setdefault("momentum_buffer", torch.zeros_like(p))

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.build import build, build_optimizer, build_scheduler, seed_everything
+from dlexp.build import build, build_optimizer, build_scheduler, param_group, seed_everything
 from dlexp.device import resolve_device
 from dlexp.distributed import Dist, setup
 from dlexp.errors import DlexpError
@@ -126,12 +126,8 @@ def _stacked_step(runs: list, device, trainer) -> StackedStep:
     finally:
         log.setLevel(level)
     task = built[0][1]
-    groups = [
-        build_optimizer(r.cfg.optimizer, list(m.parameters()), device).state_dict()["param_groups"][
-            0
-        ]
-        for r, (_, _, m) in zip(runs, built, strict=True)
-    ]
+    n_params = len(list(built[0][2].parameters()))
+    groups = [param_group(r.cfg.optimizer, n_params, device) for r in runs]
     return StackedStep(
         task,
         [m for _, _, m in built],
