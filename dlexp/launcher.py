@@ -224,7 +224,7 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
             for members in by_epoch.values():
                 group = [runs[i] for i in members]
                 try:
-                    finals = fit(group, [configs[i].hydra for i in members])
+                    finals = fit(group)
                 except Interrupted as stop:
                     print(f"dlexp: {stop}", file=sys.stderr)
                     raise SystemExit(stop.exit_code) from None

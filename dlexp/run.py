@@ -252,6 +252,7 @@ class Run:
     made: list[Path] = field(default_factory=list)  # what this run created (removed if refused)
     started: bool = False  # training began: from here on the folder is kept whatever happens
     notes: list[str] = field(default_factory=list)  # what was decided, for the run's log
+    hydra: Any = None  # Hydra's config of this job (None outside `dlexp train`)
 
     @property
     def resume_command(self) -> str:
@@ -337,7 +338,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
         fd = claim(run_dir) if rank == 0 and not launched else None
         _check_space(run_dir)
         run = Run(run_dir, cfg, run_id_of(run_dir) or uuid.uuid4().hex, resume)
-        run.made = made
+        run.made, run.hydra = made, hc
         if not launched:
             _decide(run, resume_path, hc, overrides)
             if run.cfg is not cfg:  # the stored config of a run it continues

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from dlexp.build import build, build_optimizer, build_scheduler, param_group, seed_everything
 from dlexp.device import resolve_device
@@ -36,7 +36,7 @@ def namespace(node: Any) -> Any:
     return node
 
 
-def fit(runs: list, hydra_cfgs: list[DictConfig | None] | None = None) -> list[dict | None]:
+def fit(runs: list) -> list[dict | None]:
     """Train opened runs (dlexp.run.Run): one, or a group that dlexp.stacked.why_not_stacked
     accepts. Returns each job's final metrics (None for a job that diverged in a group); a
     single run that diverges raises Diverged."""
@@ -54,10 +54,17 @@ def fit(runs: list, hydra_cfgs: list[DictConfig | None] | None = None) -> list[d
     objective = cfg.get("objective")
     if objective and str(objective).startswith(("val/", "train/")):
         monitor = objective  # the sweep's objective picks best.pt too
-    hcs = hydra_cfgs or [None] * len(runs)
     jobs = [
-        Job(r.dir, r.id, r.cfg, d.meta, hparams_of(r.cfg, r.dir, hc), r.resume, r.resume_command)
-        for r, d, hc in zip(runs, step.datas, hcs, strict=True)
+        Job(
+            r.dir,
+            r.id,
+            r.cfg,
+            d.meta,
+            hparams_of(r.cfg, r.dir, r.hydra),
+            r.resume,
+            r.resume_command,
+        )
+        for r, d in zip(runs, step.datas, strict=True)
     ]
     records = Records(jobs, monitor, trainer, main=dist.main, own_log=len(runs) > 1)
     engine = Trainer(trainer, step, records, task, dist)

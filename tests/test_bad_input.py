@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,6 @@ from PIL import Image
 import fake_data
 from conftest import cli, make_cfg
 from dlexp.run import train
-
-HELPER = str(Path(__file__).with_name("signal_at_step.py"))
 
 
 def refused(capsys, *args: str) -> str:
@@ -205,19 +204,18 @@ def test_an_unquoted_path_gets_a_hint_to_quote_it(env, capsys):
     assert "must be quoted" in err and "\"trainer.resume='/tmp/out ☃ dir/run'\"" in err
 
 
-def test_the_printed_resume_command_works_for_any_path(env, tmp_path):
+def test_the_printed_resume_command_works_for_any_path(env, tmp_path, capsys, monkeypatch):
     """A run under a path with spaces and non-ASCII characters, stopped with SIGINT: the
     command it prints, pasted into bash, finishes it."""
+    from test_faults import signal_at
+
     outputs = tmp_path / "my runs ☃ été"
+    monkeypatch.setenv("DLEXP_OUTPUTS", str(outputs))
     environ = {**env, "DLEXP_OUTPUTS": str(outputs)}
     environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environ['PATH']}"
-    stopped = subprocess.run(
-        [sys.executable, HELPER, "20:SIGINT", "train", "trainer.epochs=30", "trainer.progress=log"],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with signal_at(20, signal.SIGINT):
+        code, _, err = cli(capsys, "train", "trainer.epochs=30", "trainer.progress=log")
+    stopped = subprocess.CompletedProcess([], code, "", err)
     assert stopped.returncode == 130, stopped.stderr
     command = stopped.stderr.rsplit("continue with: ", 1)[1].strip()
     assert command.startswith("dlexp train ")

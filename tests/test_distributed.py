@@ -47,6 +47,7 @@ def test_an_experiment_with_two_devices_matches_one_process_with_the_global_batc
     assert load_checkpoint(two / "checkpoints" / "last.pt")["loop"]["epoch"] == 3
 
 
+@pytest.mark.slow  # torchrun's processes start torch again (~9 s); resuming is tested in-process
 def test_resume_a_run_with_two_processes(env, tmp_path, capsys):
     run = tmp_path / "run"
     train(make_cfg(*RUN, "trainer.epochs=1"), run_dir=run)
@@ -71,6 +72,7 @@ def _rank_one(outputs: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # three processes start torch (~12 s)
 @pytest.mark.skipif(
     not Path("/proc/self/environ").exists(), reason="needs /proc to find the worker"
 )
@@ -106,6 +108,7 @@ def test_a_killed_process_stops_the_run_with_its_error(env, tmp_path):
     assert "a process of the distributed run" in err and "the others were stopped" in err
 
 
+@pytest.mark.slow  # three processes start torch (~8 s); launch() is tested above
 def test_torchrun_by_hand_shares_one_run_folder(env, tmp_path):
     result = subprocess.run(
         [

@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import cli, dlexp, make_cfg, read_hparams, read_tags
 from dlexp.build import build
 from dlexp.checkpoint import load_checkpoint
-from dlexp.cli import config_dir, main
+from dlexp.cli import compose_train, config_dir, main
 from dlexp.data import load_data
 from dlexp.record import read_history
 from dlexp.run import train
+from test_presets import assert_states_survive
 
 STARTS_FROM = {
     "ae_pretrain_classify": ["experiment=ae_fashion_pretrain"],
@@ -31,12 +32,6 @@ EXPERIMENTS = [
     pytest.param(name, marks=pytest.mark.slow) if name == "stl10_vgg16" else name  # 5 s of VGG
     for name in sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 ]
-
-
-def sweep_params(name: str) -> dict[str, str]:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
-    return dict(cfg.hydra.sweeper.params or {})
 
 
 def values(spec: str) -> list[str]:
@@ -60,11 +55,14 @@ def jobs(sweep: Path) -> list[Path]:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_runs(name, env, tmp_path):
-    params = sweep_params(name)
+    """Each experiment file composes, keeps every value it states (tests/test_presets.py),
+    and trains: a single run for one epoch of two steps, a sweep as its first job."""
+    cfg = compose_train(f"experiment={name}", hydra=True)
+    assert_states_survive(config_dir() / "experiment" / f"{name}.yaml", cfg)
+    params = dict(cfg.hydra.sweeper.params or {})
     if name.endswith("_quick"):  # a lighter look at a file tested in full: it composes, lighter
-        full = name.removesuffix("_quick")
-        epochs = [make_cfg(f"experiment={n}").trainer.epochs for n in (name, full)]
-        assert params != sweep_params(full) or epochs[0] < epochs[1]
+        full = compose_train(f"experiment={name.removesuffix('_quick')}", hydra=True)
+        assert params != dict(full.hydra.sweeper.params) or cfg.trainer.epochs < full.trainer.epochs
         return
     quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.progress=none"]
     if name in STARTS_FROM:  # these continue another run: make that one first
@@ -76,19 +74,16 @@ def test_every_experiment_runs(name, env, tmp_path):
         quick.append("model.channels=[32,16,8,4]")
     if name == "style_transfer":
         quick += ["model.weights=none", "data.size=32", "data.repeat=2"]
-    if not params:
-        metrics = train(make_cfg(f"experiment={name}", *quick), run_dir=tmp_path / "run")
-        assert metrics["status"] == "completed"
-        return
-    # A 1-job version of the sweep (its first value of every swept key): the file composes and
-    # trains; sweeping itself, and stacking, are tested elsewhere (test_batched, above).
-    cut = [f"{k}={values(v)[0]}" for k, v in params.items()]
-    main(["train", "-m", f"experiment={name}", *quick, *cut])
-    done = jobs(only_sweep(env))
-    assert len(done) == 1
-    for job in done:
-        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
-    assert (only_sweep(env) / "summary.csv").is_file()
+    if not params:  # (plain values: set on the composed config, as Hydra would set them)
+        del cfg.hydra
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(quick))
+    else:  # the sweep's first job (its first value of every swept key): `dlexp train -m` itself
+        # is tested with its launchers elsewhere (test_parity, test_batched, the tests below)
+        sweep = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        assert all(o.is_sweep_override() or o.value() is not None for o in sweep)
+        cut = [f"{k}={values(v)[0]}" for k, v in params.items()]
+        cfg = make_cfg(f"experiment={name}", *quick, *cut)
+    assert train(cfg, run_dir=tmp_path / "run")["status"] == "completed"
 
 
 def test_course_sizes_are_in_the_experiments(env):
@@ -214,6 +209,7 @@ def test_optuna_search_optimises_the_objective(env):
     assert float(first["val/acc"]) == pytest.approx(results["best_value"])
 
 
+@pytest.mark.slow  # worker processes start torch (~11 s)
 def test_joblib_launcher_runs_jobs_in_parallel_processes(env):
     main(
         [
@@ -231,8 +227,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(env):
 
 
 def test_slurm_example_launcher_composes(env):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=dlexp_slurm"], return_hydra_config=True)
+    cfg = compose_train("hydra/launcher=dlexp_slurm", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (
