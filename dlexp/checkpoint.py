@@ -105,7 +105,7 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
 #   model    the model's state_dict; optimizers: {config key: state_dict}
 #   scheduler, scaler   their state_dicts (scheduler may be None)
 #   loop     where the loop stands: LoopState as a dict
-#   rng      the RNG states (torch, cuda)
+#   rng      the RNG states (torch, cuda); None for a stacked job (it draws from none)
 # The run's history is its TensorBoard events (dlexp.record); formats 1 to 3 also held it
 # (format 3 as pickled bytes), which is ignored when they load, never unpickled.
 FORMAT = 4

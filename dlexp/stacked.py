@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dlexp.data import Data
-from dlexp.device import autocast, autocast_dtype, rng_state
+from dlexp.device import autocast, autocast_dtype
 from dlexp.steps import epoch_generator, set_mode, steps_per_epoch
 from dlexp.tasks.base import Task
 
@@ -375,7 +375,7 @@ class StackedStep:
             "optimizers": {"optimizer": opt or self.optimizer.job_state(j)},
             "scheduler": None,
             "scaler": {},  # (fp32: a disabled GradScaler's state)
-            "rng": rng_state(),
+            "rng": None,  # (a stacked job draws nothing from torch's generators)
         }
 
     def load(self, j: int, state: dict[str, Any]) -> None:

@@ -239,7 +239,8 @@ class ModuleStep:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        if state["rng"] is not None:  # (None: a stacked job's, which drew nothing)
+            set_rng_state(state["rng"])
 
     def keep_best(self, improved: np.ndarray) -> None:
         """The current state becomes the best one (kept in memory until written)."""
