@@ -458,6 +458,7 @@ PAIRS: list[tuple[str, str, list[str]]] = [
 def check_pair(
     model: str, data: str, extra: list[str], work: Path, judge: Path
 ) -> tuple[bool, str]:
+    from dlexp.record import read_history
     from dlexp.run import train
 
     overrides = [f"model={model}", f"data={data}", *extra]
@@ -466,7 +467,7 @@ def check_pair(
     cfg = compose(*overrides)
     m = train(cfg, work / f"{model}-{data}")
     if model in ("gan", "dcgan"):
-        q = [h["val/quality"] for h in m["history"]]
+        q = [h["val/quality"] for h in read_history(work / f"{model}-{data}")]
         return q[-1] > 1.5 * q[0] and q[-1] > 2.0, f"quality {q[0]:.2f} -> {q[-1]:.2f}"
     if "test/mse" in m and "autoencoder" in model:
         base = mean_image_mse(cfg)
@@ -496,12 +497,17 @@ def pairs(work: Path) -> bool:
     return passed
 
 
-def write_readme(rows: list[str]) -> None:
+def write_readme(rows: list[str], only: bool = False) -> None:
+    """The table between README.md's course-results markers; `only`: just these experiments'
+    rows are replaced, the others kept."""
     readme = ROOT / "README.md"
     start, end = "<!-- course-results: start -->", "<!-- course-results: end -->"
     text = readme.read_text()
     head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
+    old, tail = rest.split(end, 1)
+    if only:
+        new = {row.split("|")[1]: row for row in rows[2:]}
+        rows = [new.get(row.split("|")[1], row) for row in old.strip().splitlines()]
     readme.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail)
 
 
@@ -527,8 +533,8 @@ def main() -> int:
             entries = [e for e in RESULTS if not args.only or e.experiment in args.only]
             rows = results(entries, args.seeds, work / "results")
             print("\n".join(rows))
-            if args.readme and not args.only:
-                write_readme(rows)
+            if args.readme:
+                write_readme(rows if not args.only else rows[: len(entries) + 2], bool(args.only))
         if not args.skip_pairs:
             passed = pairs(work / "pairs")
     return 0 if passed else 1

@@ -1,6 +1,6 @@
 """MNIST CNN speed: the course's loop against dlexp, each contender in its own process.
 
-    python benchmarks/mnist_speed.py [--repeats 3] [--epochs 3] [--target 0.98]
+    python benchmarks/mnist_speed.py [--repeats 3] [--epochs 3] [--target 0.98] [--against REV]
 
 Contenders, on the real MNIST digits from ../shared/data (8,000 train / 2,000 test; generated
 digits-like data of the same shape when that folder is absent, and the report says so):
@@ -11,7 +11,8 @@ digits-like data of the same shape when that folder is absent, and the report sa
 Reported: samples/s, seconds per epoch, test accuracy after --epochs, training seconds until
 the test accuracy first reaches --target; medians over --repeats (seeds 0, 1, ...); the
 ratios against (a). Also the wall time of `dlexp train` (the Iris default) and `dlexp --help`,
-from process start to exit.
+from process start to exit. --against REV also runs (b) and (c) with the dlexp of git revision
+REV, in the same seeds' loop (benchmarks/revisions.py).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from mnist_data import prepare  # noqa: E402
+from revisions import checkout, env_for, history  # noqa: E402
 
 
 def run_course(root: Path, seed: int, epochs: int, target: float) -> list[dict]:
@@ -72,15 +75,17 @@ def run_dlexp(args: list[str], env: dict, seed: int) -> list[dict]:
         check=True,
     )
     (run,) = set(out_root.glob("runs/*")) - before
-    history = json.loads((run / "metrics.json").read_text())["history"]
+    # Every epoch trains on the whole training split (the log's "N train / ..." line).
+    log = (run / "train.log").read_text()
+    n_train = int(log.split(" train / ")[0].rsplit(" ", 1)[-1])
     return [
         {
             "epoch": h["epoch"],
             "train_seconds": h["train_seconds"],
             "test_acc": h["test/acc"],
-            "samples": h["samples_per_s"] * h["train_seconds"],
+            "samples": n_train,
         }
-        for h in history
+        for h in history(run)
     ]
 
 
@@ -119,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.98)
+    parser.add_argument("--against", default=None, help="a git revision to time beside this one")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="dlexp-bench-"))
@@ -134,12 +140,15 @@ def main() -> None:
         f"trainer.epochs={args.epochs}",
     ]
     contenders = {
-        "(a) course loop": lambda s: run_course(tmp / "data", s, args.epochs, args.target),
-        "(b) dlexp, same settings": lambda s: run_dlexp(same, env, s),
-        "(c) dlexp experiment=mnist_cnn_fast": lambda s: run_dlexp(
-            ["experiment=mnist_cnn_fast"], env, s
-        ),
+        "(a) course loop": lambda s: run_course(tmp / "data", s, args.epochs, args.target)
     }
+    trees = {"": None, **({f" [{args.against}]": checkout(args.against)} if args.against else {})}
+    for tag, tree in trees.items():
+        tree_env = env_for(tree, env)
+        contenders[f"(b) dlexp, same settings{tag}"] = partial(run_dlexp, same, tree_env)
+        contenders[f"(c) dlexp experiment=mnist_cnn_fast{tag}"] = partial(
+            run_dlexp, ["experiment=mnist_cnn_fast"], tree_env
+        )
     results = {name: [] for name in contenders}
     for seed in range(args.repeats):
         for name, run in contenders.items():

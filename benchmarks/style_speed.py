@@ -9,13 +9,14 @@ time of the steps after the first (warm-up) over --repeats runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from revisions import history
 
 
 def main() -> None:
@@ -50,10 +51,8 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        history = json.loads((run / "metrics.json").read_text())["history"]
-        per_step += [
-            h["train_seconds"] / 2 for h in history[1:]
-        ]  # 2 steps an epoch (content, style rows)
+        # 2 steps an epoch (content, style rows); the first epoch warms up
+        per_step += [h["train_seconds"] / 2 for h in history(run)[1:]]
     print(
         f"style transfer, VGG19, {args.size} px content (demo, {args.size}x{int(args.size * 1.25)}), "
         f"device {args.device}: {statistics.median(per_step):.3f} s per step "

@@ -1,6 +1,6 @@
 """The course's tiny-model grids: the course's own loop against `dlexp train -m`.
 
-    python benchmarks/sweep_speed.py [--repeats 3] [--grid qwerties|iris|both]
+    python benchmarks/sweep_speed.py [--repeats 3] [--grid qwerties|iris|both] [--against REV]
 
 (a) the course's loop: one model after another in one process, as the notebook writes it
     (DUDL_ANN_learningrates: 2-1-1 net, BCE-with-logits, SGD, 1,000 full-batch epochs for each
@@ -13,6 +13,8 @@
 (d) one job alone: `train(cfg)` of one qwerties rate (1,000 epochs, checkpoints and validation
     every epoch) against one model of the course's loop, in one process (after a warm-up).
 Prints wall time, time per job and the ratio to (a), medians of --repeats runs.
+--against REV also runs (b), (c) and (d) with the dlexp of git revision REV, interleaved with
+this checkout's runs (benchmarks/revisions.py), so that the two are compared side by side.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from revisions import checkout, env_for
 
 QWERTY_LRS = np.linspace(0.001, 0.1, 40)
 IRIS_LRS = np.linspace(0.001, 0.1, 8)
@@ -89,7 +93,7 @@ def course(grid: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def dlexp_sweep(grid: str, launcher: str) -> float:
+def dlexp_sweep(grid: str, launcher: str, tree: Path | None = None) -> float:
     if grid == "qwerties":
         args = [
             "experiment=ann_lr_sweep",
@@ -107,7 +111,7 @@ def dlexp_sweep(grid: str, launcher: str) -> float:
             "seed=" + ",".join(str(s) for s in IRIS_SEEDS),
         ]
     with tempfile.TemporaryDirectory() as out:
-        env = {**os.environ, "DLEXP_OUTPUTS": out}
+        env = env_for(tree, {**os.environ, "DLEXP_OUTPUTS": out})
         start = time.perf_counter()
         subprocess.run(
             [
@@ -131,7 +135,10 @@ SINGLE = (
     COURSE_LOOP
     + """
 from dlexp.cli import compose_train
-from dlexp.run import train
+try:
+    from dlexp.run import train
+except ImportError:  # (dlexp before the one engine)
+    from dlexp.train import train
 os.environ["DLEXP_OUTPUTS"] = tempfile.mkdtemp()
 data, labels = qwerties()
 def course_model():
@@ -150,10 +157,14 @@ for i in range(int(sys.argv[1])):
 )
 
 
-def single(repeats: int) -> tuple[float, float, float]:
+def single(repeats: int, tree: Path | None = None) -> tuple[float, float, float]:
     """(course model, dlexp fit, dlexp train(cfg)) seconds, medians."""
     out = subprocess.run(
-        [sys.executable, "-c", SINGLE, str(repeats)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", SINGLE, str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env_for(tree, dict(os.environ)),
     )
     rows = [tuple(map(float, line.split())) for line in out.stdout.strip().splitlines()]
     return tuple(statistics.median(column) for column in zip(*rows, strict=True))
@@ -163,32 +174,37 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grid", choices=["qwerties", "iris", "both"], default="both")
+    parser.add_argument("--against", default=None, help="a git revision to time beside this one")
     opts = parser.parse_args()
     grids = ["qwerties", "iris"] if opts.grid == "both" else [opts.grid]
+    trees = {"": None}
+    if opts.against:
+        trees[f" [{opts.against}]"] = checkout(opts.against)
     print("| grid | contender | wall s | s per job | vs (a) |")
     print("| --- | --- | ---: | ---: | ---: |")
     for grid in grids:
         jobs = 40
-        a = statistics.median(course(grid) for _ in range(opts.repeats))
-        b = statistics.median(dlexp_sweep(grid, "basic") for _ in range(opts.repeats))
-        c = statistics.median(dlexp_sweep(grid, "batched") for _ in range(opts.repeats))
-        for name, seconds in (
-            ("(a) course loop", a),
-            ("(b) dlexp basic launcher", b),
-            ("(c) dlexp batched launcher", c),
-        ):
+        times: dict[str, list[float]] = {}
+        for _ in range(opts.repeats):  # (interleaved: a slow minute hits every contender)
+            times.setdefault("(a) course loop", []).append(course(grid))
+            for tag, tree in trees.items():
+                for launcher in ("basic", "batched"):
+                    name = f"({'b' if launcher == 'basic' else 'c'}) dlexp {launcher} launcher{tag}"
+                    times.setdefault(name, []).append(dlexp_sweep(grid, launcher, tree))
+        a = statistics.median(times["(a) course loop"])
+        for name in sorted(times):
+            seconds = statistics.median(times[name])
             print(
                 f"| {grid} | {name} | {seconds:.2f} | {seconds / jobs:.3f} | {seconds / a:.2f}x |"
             )
-    course_s, fit_s, whole_s = single(opts.repeats)
-    print(f"| one job | (a) course loop, one model | {course_s:.3f} | {course_s:.3f} | 1.00x |")
-    print(
-        f"| one job | (d) dlexp train(cfg): fit | {fit_s:.3f} | {fit_s:.3f} | {fit_s / course_s:.2f}x |"
-    )
-    print(
-        f"| one job | (d) dlexp train(cfg): whole call | {whole_s:.3f} | {whole_s:.3f} | "
-        f"{whole_s / course_s:.2f}x |"
-    )
+    for tag, tree in trees.items():
+        course_s, fit_s, whole_s = single(opts.repeats, tree)
+        print(f"| one job | (a) course loop, one model{tag} | {course_s:.3f} | | 1.00x |")
+        print(f"| one job | (d) train(cfg): fit{tag} | {fit_s:.3f} | | {fit_s / course_s:.2f}x |")
+        print(
+            f"| one job | (d) train(cfg): whole call{tag} | {whole_s:.3f} | | "
+            f"{whole_s / course_s:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
