@@ -295,19 +295,22 @@ def _example(expected: Any) -> str:
     return {int: "64", float: "0.5", str: "relu", bool: "true"}.get(expected, "...")
 
 
-def check_known_keys(cfg: DictConfig, reference: DictConfig, groups: tuple[str, ...]) -> None:
+def check_known_keys(cfg: DictConfig, added: list[str], groups: tuple[str, ...]) -> None:
     """Refuse keys added under dlexp's own groups (`+trainer.epoch=3`) that no code reads,
-    naming the closest real key; `reference` is the config composed without those additions."""
-    known = set(config_keys(reference))
-    for key in config_keys(cfg):
-        if key in known or key.split(".")[0] not in groups or key in OPTIONAL_KEYS:
-            continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise DlexpError(
-            f"{key} is not a setting dlexp knows, so it would do nothing; {hint}"
-            f"`dlexp train --cfg job` lists every key of this config."
-        )
+    naming the closest real key (one of `cfg`'s keys that was not added)."""
+    fresh = [k for k in added if k.split(".")[0] in groups and k not in OPTIONAL_KEYS]
+    if not fresh:
+        return
+    known = [
+        k for k in config_keys(cfg) if not any(k == a or k.startswith(a + ".") for a in added)
+    ]
+    key = fresh[0]
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise DlexpError(
+        f"{key} is not a setting dlexp knows, so it would do nothing; {hint}"
+        f"`dlexp train --cfg job` lists every key of this config."
+    )
 
 
 def config_keys(node: Any, prefix: str = "") -> list[str]:

@@ -293,16 +293,21 @@ def in_sweep(hc) -> bool:
 
 
 def _added_keys_check(cfg: DictConfig, overrides: list[str]) -> None:
-    """`+trainer.epoch=3` composes, but no code would read it: refuse it, naming the real key."""
+    """`+trainer.epoch=3` composes, but no code would read it: refuse it, naming the real key.
+    (Hydra adds a key with `+` only where none is, so every key added is a new one.)"""
     added = [o for o in overrides if o.startswith("+")]
     if not added:
         return
-    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from dlexp.checks import check_known_keys
 
-    reference = compose("train", overrides=[o for o in overrides if not o.startswith("+")])
-    check_known_keys(cfg, reference, ("trainer", "data", "task", "device", "sweep"))
+    keys = [
+        o.key_or_group
+        for o in OverridesParser.create().parse_overrides(added)
+        if o.package is None and "/" not in o.key_or_group  # (not a config group added)
+    ]
+    check_known_keys(cfg, keys, ("trainer", "data", "task", "device", "sweep"))
 
 
 @contextlib.contextmanager
