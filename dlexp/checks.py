@@ -301,9 +301,7 @@ def check_known_keys(cfg: DictConfig, added: list[str], groups: tuple[str, ...])
     fresh = [k for k in added if k.split(".")[0] in groups and k not in OPTIONAL_KEYS]
     if not fresh:
         return
-    known = [
-        k for k in config_keys(cfg) if not any(k == a or k.startswith(a + ".") for a in added)
-    ]
+    known = [k for k in config_keys(cfg) if not any(k == a or k.startswith(a + ".") for a in added)]
     key = fresh[0]
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
