@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
 from dlexp.errors import DlexpError
-from dlexp.events import EventWriter, scalar_head, scalars_event
+from dlexp.events import EventWriter, scalars_events
 from dlexp.tasks.base import higher_is_better
 
 log = logging.getLogger("dlexp")
@@ -111,7 +111,7 @@ class Records:
     # --------------------------------------------------------------- each epoch
     def scalars(self, values: dict[str, list[float]], step: int, jobs: np.ndarray | None = None):
         """Scalars with one value per job into each (active, or given) job's event file, one
-        event each. A group encodes the values once for all its jobs (scalars_event); one job
+        event each. A group encodes the values once for all its jobs (scalars_events); one job
         packs them directly (EventWriter.scalars): the same bytes (tests/test_events.py)."""
         if not self.main or not values:
             return
@@ -119,13 +119,11 @@ class Records:
             if jobs is None or jobs[0]:
                 self.writers[0].scalars({k: v[0] for k, v in values.items()}, step)
             return
-        tags = list(values)
-        heads = [scalar_head(t) for t in tags]
         with np.errstate(over="ignore"):  # float32, as TensorBoard stores them (inf beyond)
-            rows = np.array([values[t] for t in tags], dtype=np.float64).T.astype(np.float32)
-        wall = time.time()
+            rows = np.array(list(values.values()), dtype=np.float64).T.astype(np.float32)
+        events = scalars_events(list(values), rows, step, time.time())
         for j in np.flatnonzero(self.active if jobs is None else jobs):
-            self.writers[j].raw(scalars_event(heads, rows[j].tobytes(), step, wall))
+            self.writers[j].raw(events[j])
 
     def job_scalars(self, j: int, values: dict[str, float], step: int) -> None:
         """Scalars of job j alone, as one event."""
@@ -170,7 +168,12 @@ class Records:
 
     def end(self, j: int, status: str, epoch: int, step: int, message: str = "") -> None:
         """Job j stops training (stopped early, diverged or interrupted) at this epoch."""
-        self.last[j] = self.job_metrics(j) if self.epoch_metrics else {}
+        if self.epoch_metrics:
+            self.last[j] = self.job_metrics(j)
+        else:  # (no epoch in this process: its checkpoint's, from its events)
+            rows = [r for r in read_history(self.jobs[j].dir) if r["step"] <= step]
+            keep = ("train/", "val/", "lr")
+            self.last[j] = {k: v for k, v in (rows or [{}])[-1].items() if k.startswith(keep)}
         self.status[j], self.message[j], self.ended[j] = status, message, (epoch, step)
         self.active[j] = False
         if status in ("diverged", "interrupted") and self.main:
@@ -311,7 +314,8 @@ def hparams_of(cfg: DictConfig, run_dir: Path, hc: DictConfig | None = None) -> 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:
     """A run's history, one row per recorded epoch, as TensorBoard reads its event files
     (TensorBoard's own EventAccumulator: a resumed run's later files replace what came after
-    its checkpoint): the epoch's `epoch`, train/, val/ (and test/) metrics, `lr` and timings."""
+    its checkpoint): the epoch's `epoch`, `step`, train/, val/ (and test/) metrics, `lr` and
+    timings; the last row also holds the final test/ metrics."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -319,7 +323,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
     tags = acc.Tags()["scalars"]
     if "epoch" not in tags:
         return []
-    rows = {e.step: {"epoch": int(e.value)} for e in acc.Scalars("epoch")}
+    rows = {e.step: {"epoch": int(e.value), "step": e.step} for e in acc.Scalars("epoch")}
     for tag in tags:
         if tag != "epoch" and not tag.endswith("_step"):
             for e in acc.Scalars(tag):

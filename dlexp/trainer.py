@@ -103,9 +103,14 @@ class Trainer:
             self.loop = LoopState(loop["epoch"], loop["batch"], loop["step"], seen=loop["seen"])
             device = step.device
             self.loop.sums = {k: torch.stack([s[k] for s in sums]).to(device) for k in sums[0]}
+            patience = cfg.early_stopping.patience
             for j, state in enumerate(resumed):
                 step.load(j, state)
                 self.best_step[j] = state["loop"]["step"]
+                if patience and records.stale[j] >= patience:  # it had stopped early
+                    message = f"early stopping ended this run at epoch {loop['epoch']}"
+                    records.end(j, "stopped", loop["epoch"], loop["step"], message)
+                    step.freeze(j)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, batch_size: int, eval_batch_size: int) -> list[dict[str, Any] | None]:

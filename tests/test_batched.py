@@ -138,3 +138,26 @@ def test_a_sigkilled_batched_sweep_continues_with_sweep_resume(env, tmp_path, ca
         )
         steps = [s for s, _ in read_scalars(folder / name)["val/loss"]]
         assert steps == sorted(set(steps))  # every epoch once in TensorBoard
+
+
+def test_a_job_that_stopped_early_in_a_group_resumes_as_finished(env, tmp_path, capsys):
+    """A job that stopped early keeps its weights while its group trains on; continued from
+    its checkpoint it trains no further epoch (its patience is spent) and reports the same."""
+    args = ["data=iris", "optimizer=sgd", "trainer.epochs=8", "trainer.early_stopping.patience=1"]
+    code, _ = sweep(
+        capsys,
+        tmp_path / "s",
+        *args,
+        "trainer.early_stopping.min_delta=0.02",
+        "optimizer.lr=0.001,0.2",
+        "trainer.checkpoint_interval=0",
+        "hydra/launcher=batched",
+    )
+    results = jobs(tmp_path / "s")
+    stopped = next(k for k, m in results.items() if m["epochs"] < 8)
+    folder = tmp_path / "s" / stopped
+    again = train(make_cfg(*args, f"trainer.resume='{folder}'"))
+    assert code == 0 and again["epochs"] == results[stopped]["epochs"]
+    assert_same_results(again, results[stopped])
+    # (its last epoch's metrics, read back from its events: float32)
+    assert again["train/loss"] == pytest.approx(results[stopped]["train/loss"], rel=1e-6)

@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from dlexp.events import EventWriter, scalar_head, scalars_event
+from dlexp.events import EventWriter, scalars_events
 from dlexp.record import layout, write_hparams
 
 SCALARS = {"train/loss": 0.6931, "val/acc": 0.5, "lr": 1e-3, "big": 1e300}  # (big: inf in fp32)
@@ -27,11 +27,10 @@ def records(writer, fast: bool) -> None:
         if fast and step == 1:
             writer.scalars(SCALARS, step)  # one event, packed by a cached struct
         elif fast:  # a stacked group's encoding of one job's row
-            values = np.array(list(SCALARS.values()), dtype=np.float64)
+            values = np.array([list(SCALARS.values())] * 3, dtype=np.float64)
             with np.errstate(over="ignore"):
-                row = values.astype(np.float32).tobytes()
-            heads = [scalar_head(t) for t in SCALARS]
-            writer.raw(scalars_event(heads, row, step, time.time()))
+                rows = values.astype(np.float32)
+            writer.raw(scalars_events(list(SCALARS), rows, step, time.time())[1])
         else:
             for tag, value in SCALARS.items():
                 writer.add_scalar(tag, value, step)
