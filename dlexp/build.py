@@ -7,7 +7,7 @@ import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from dlexp.checkpoint import find_checkpoint, load_checkpoint
 from dlexp.data import Data, DataMeta, load_data
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
+from dlexp.settings import NonNegative, Positive, Range
 from dlexp.tasks import build_task
 from dlexp.tasks.base import Task
 
@@ -26,6 +27,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@dataclass
+class OptimizerSettings:
+    """Ranges of the keys every optimizer config (`optimizer`, a GAN's `optimizer_d`) may set,
+    stated once (dlexp.checks; their types are the optimizer class's signature)."""
+
+    lr: Positive
+    momentum: Annotated[float, Range(0, 1, open_high=True, says="a number in [0, 1)")]
+    weight_decay: NonNegative
 
 
 def optimizer_args(cfg: DictConfig, device: torch.device) -> tuple[type, dict[str, Any]]:

@@ -1,172 +1,35 @@
 """Checks of a composed config that run before any work (and before a run folder is made).
 
-Every key dlexp itself reads and that has a valid range or set of values is listed in RULES,
-so a wrong value is refused with the key, the value and what would work, never trained on.
+Every value is checked against what reads it, as its annotation states it (dlexp.settings):
+the nodes built with `_target_` (model, task, optimizer, ...) against their classes'
+signatures, dlexp's own groups (trainer, data, device, the run's top-level keys) against their
+settings dataclasses. A wrong value is refused with the key, the value and what would work,
+never trained on.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
 import inspect
+import math
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
 
-
-@dataclass(frozen=True)
-class Rule:
-    test: Callable[[Any], bool]
-    hint: str  # what would work
-    optional: bool = False  # null is allowed (the feature is off)
-
-
-def _int(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _num(low: float, high: float = float("inf"), open_low: bool = False, open_high: bool = False):
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return False
-        above = v > low if open_low else v >= low
-        below = v < high if open_high else v <= high
-        return above and below
-
-    return ok
-
-
-def _one_of(*values: str) -> Callable[[Any], bool]:
-    return lambda v: v in values
-
-
-def _bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-BOOLEAN_KEYS = (
-    "trainer.compile",
-    "trainer.deterministic",
-    "trainer.channels_last",
-    "trainer.checkpoint",
-    "trainer.eval_before",
-    "trainer.test_every_epoch",
-    "trainer.log_weights",
-    "trainer.overwrite",
-    "data.download",
-    "data.cache",
-    "data.standardize",
-    "data.augment.hflip",
-    "data.roll_train",
-    "model.batch_norm",
-    "model.head_batch_norm",
-    "model.freeze_backbone",
-    "model.frozen_bn_stats",
-    "sweep.resume",
-)
-RULES: dict[str, Rule] = {
-    "seed": Rule(_int(0), "a whole number >= 0, e.g. seed=1"),
-    "trainer.epochs": Rule(_int(1), "a whole number >= 1, e.g. trainer.epochs=5"),
-    "trainer.devices": Rule(_int(1), "a whole number >= 1 (processes), e.g. trainer.devices=2"),
-    "trainer.grad_clip": Rule(
-        _num(0, open_low=True), "a positive number (the largest gradient norm), e.g. 1.0", True
-    ),
-    "trainer.l1": Rule(_num(0), "a number >= 0 (0 turns the L1 penalty off), e.g. 0.001"),
-    "trainer.log_every_steps": Rule(_int(1), "a whole number >= 1, e.g. 50"),
-    "trainer.log_every_epochs": Rule(_int(1), "a whole number >= 1, e.g. 1"),
-    "trainer.max_steps_per_epoch": Rule(_int(1), "a whole number >= 1, or null for all", True),
-    "trainer.checkpoint_interval": Rule(_num(0), "a number of seconds >= 0 (0: every epoch)"),
-    "trainer.checkpoint_every_steps": Rule(_int(1), "a whole number >= 1, or null", True),
-    "trainer.checkpoint_every_minutes": Rule(
-        _num(0, open_low=True), "a positive number of minutes, or null", True
-    ),
-    "trainer.early_stopping.patience": Rule(
-        _int(1), "a whole number of epochs >= 1, or null for no early stopping", True
-    ),
-    "trainer.early_stopping.min_delta": Rule(_num(0), "a number >= 0, e.g. 0.001"),
-    "trainer.precision": Rule(
-        _one_of("auto", "fast", "fp32", "bf16", "fp16"), "auto, fast, fp32, bf16 or fp16"
-    ),
-    "trainer.progress": Rule(_one_of("auto", "bar", "log", "none"), "auto, bar, log or none"),
-    "data.batch_size": Rule(_int(1), "a whole number >= 1, e.g. data.batch_size=32"),
-    "data.eval_batch_size": Rule(_int(1), "a whole number >= 1, e.g. 1024"),
-    "data.val_fraction": Rule(
-        _num(0, 1, open_high=True),
-        "the fraction of samples held out: at least 0 and below 1, e.g. 0.1",
-    ),
-    "data.test_fraction": Rule(
-        _num(0, 1, open_high=True),
-        "the fraction of samples held out: at least 0 and below 1, e.g. 0.2",
-    ),
-    "trainer.report_every_epochs": Rule(_int(1), "a whole number of epochs >= 1, or null", True),
-    "data.balance": Rule(
-        _one_of("none", "oversample", "undersample", "smote", "class_weight"),
-        "none, oversample, undersample, smote or class_weight",
-    ),
-    "data.folds": Rule(_int(2), "a whole number of folds >= 2, or null for none", True),
-    "data.fold": Rule(_int(0), "a fold number from 0 to data.folds - 1, e.g. data.fold=0"),
-    "data.subset": Rule(_int(1), "a whole number of samples >= 1, or null for all", True),
-    "data.repeat": Rule(_int(1), "a whole number >= 1, or null", True),
-    "data.resize": Rule(_int(4), "a size in pixels >= 4, e.g. 64, or null", True),
-    "data.roll": Rule(_int(0), "a whole number of pixels >= 0, e.g. 10"),
-    "data.normalize": Rule(_one_of("standard", "unit", "symmetric"), "standard, unit or symmetric"),
-    "data.augment.shift": Rule(_int(0), "a whole number of pixels >= 0"),
-    "data.augment.noise": Rule(_num(0), "a number >= 0 (the noise's std)"),
-    "data.augment.rotate": Rule(_num(0, 180), "a number of degrees from 0 to 180, e.g. 15"),
-    "data.augment.scale": Rule(
-        _num(0, 1, open_high=True), "a fraction from 0 to below 1, e.g. 0.1"
-    ),
-    "data.augment.color": Rule(_num(0, 1), "a fraction from 0 to 1, e.g. 0.2"),
-    "data.features": Rule(
-        lambda v: (
-            not isinstance(v, str | dict)
-            and hasattr(v, "__iter__")
-            and all(f in ("square", "log", "products", "radius") for f in v)
-        ),
-        "a list of square, log, products, radius, e.g. data.features=[radius]",
-    ),
-    "optimizer.lr": Rule(_num(0, open_low=True), "a positive number, e.g. optimizer.lr=0.001"),
-    "optimizer_d.lr": Rule(_num(0, open_low=True), "a positive number, e.g. 0.0002"),
-    "optimizer.weight_decay": Rule(_num(0), "a number >= 0, e.g. 0.01"),
-    "optimizer.momentum": Rule(_num(0, 1, open_high=True), "a number in [0, 1), e.g. 0.9"),
-    "model.dropout": Rule(_num(0, 1, open_high=True), "a probability in [0, 1), e.g. 0.2"),
-    "model.conv_dropout": Rule(_num(0, 1, open_high=True), "a probability in [0, 1), e.g. 0.1"),
-    "model.init_std": Rule(_num(0, open_low=True), "a positive number, e.g. 0.01"),
-    "model.width": Rule(_int(1), "a whole number of units >= 1, or null", True),
-    "model.depth": Rule(_int(1), "a whole number of layers >= 1, or null", True),
-    "model.latent": Rule(_int(1), "a whole number of units >= 1"),
-    "task.noise": Rule(_num(0), "a number >= 0 (the noise's std), e.g. 0.25"),
-    "task.occlusion": Rule(_int(0), "a whole number of pixels >= 0, e.g. 3"),
-    "model.tied": Rule(
-        lambda v: isinstance(v, bool) or v in ("latent", "all"),
-        "false, latent (the latent layer and its mirror share a matrix) or all (true)",
-    ),
-    "task.noise_kind": Rule(_one_of("gaussian", "uniform"), "gaussian or uniform"),
-    "task.corrupt": Rule(_one_of("both", "test"), "both or test"),
-    "task.show": Rule(_int(1), "a whole number of images >= 1, e.g. 8"),
-    "task.quality_samples": Rule(_int(2), "a whole number of samples >= 2, e.g. 500"),
-    "task.style_scale": Rule(_num(0, open_low=True), "a positive number, e.g. 1e6"),
-    "task.out_size": Rule(_int(1), "a size in pixels >= 1, or null", True),
-    **{key: Rule(_bool, "true or false") for key in BOOLEAN_KEYS},
-    "device.type": Rule(
-        lambda v: v in ("auto", "cpu", "cuda", "mps") or str(v).startswith("cuda:"),
-        "auto, cpu, cuda (or cuda:N) or mps",
-    ),
-}
-
-_ABSENT = object()
 # Keys dlexp reads outside the groups' files (so absent from them, yet not typos).
 OPTIONAL_KEYS = {"requires", "objective", "threads"}
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Refuse missing, out-of-range or mistyped values before any work starts."""
+def check_config(cfg: DictConfig, settings: dict[str, type]) -> None:
+    """Refuse missing, out-of-range or mistyped values before any work starts: the nodes built
+    with `_target_` against their classes' signatures, and dlexp's own groups against the
+    `settings` classes that state them (prefix -> dataclass; "" for top-level keys)."""
     # ??? values, and the keys an experiment lists under `requires` (a ??? cannot replace a
     # value the model config already set, so experiments name their required keys there).
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -176,19 +39,38 @@ def check_config(cfg: DictConfig) -> None:
             f"{', '.join(missing)} must be given for this config, e.g. dlexp train ... "
             f"{missing[0]}=<value> (for model.init_from: a run folder or checkpoint file)."
         )
-    for key, rule in RULES.items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is _ABSENT and key.startswith("trainer.") and "trainer" in cfg:
-            raise DlexpError(
-                f"{key} was removed (~{key}?), but the trainer reads it: give it a value "
-                f"instead ({key}=...; `dlexp train --cfg job` shows its default)."
-            )
-        if value is _ABSENT or (value is None and rule.optional):
-            continue  # a key this config does not have, or null where null means "off"
-        if not rule.test(value):
-            off = " (or null to turn it off)" if rule.optional and "null" not in rule.hint else ""
-            raise DlexpError(f"{key}={value!r} is not valid: it must be {rule.hint}{off}.")
+    for prefix, cls in settings.items():
+        node = cfg if not prefix else OmegaConf.select(cfg, prefix)
+        if isinstance(node, DictConfig):
+            _check_settings(cls, node, prefix)
     check_targets(cfg)
+
+
+def _check_settings(cls: type, node: DictConfig, prefix: str) -> None:
+    """Each field of the dataclass `cls` that the node has, of the type (and in the range)
+    its annotation states; every field is there where `cls.required` says the code reads all
+    (a key removed with ~key would fail later)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    values = OmegaConf.to_container(node, resolve=True)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name not in node:
+            if getattr(cls, "required", False):
+                raise DlexpError(
+                    f"{key} was removed (~{key}?), but dlexp reads it: give it a value "
+                    f"instead ({key}=...; `dlexp train --cfg job` shows its default)."
+                )
+            continue
+        expected = hints[f.name]
+        if dataclasses.is_dataclass(expected):
+            _check_settings(expected, node[f.name], key)
+            continue
+        value = values[f.name]
+        if not _fits(value, expected):
+            raise DlexpError(
+                f"{key}={value!r} is not valid: it must be {_describe(expected)}, e.g. "
+                f"{key}={_example(expected)}."
+            )
 
 
 # Config nodes built with instantiate, and their keys that are not constructor arguments.
@@ -226,7 +108,9 @@ def check_targets(cfg: DictConfig) -> None:
 def _check_arguments(target: Any, values: dict, prefix: str, skip: tuple[str, ...]) -> None:
     try:
         params = inspect.signature(target).parameters
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        hints = typing.get_type_hints(
+            target.__init__ if inspect.isclass(target) else target, include_extras=True
+        )
     except (TypeError, ValueError, NameError):
         return  # no signature to check against
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -250,8 +134,12 @@ def _check_arguments(target: Any, values: dict, prefix: str, skip: tuple[str, ..
 
 
 def _fits(value: Any, expected: Any) -> bool:
-    """Whether a config value can be what a constructor's type hint declares."""
+    """Whether a config value can be what a type hint declares (and, for an Annotated one,
+    what its dlexp.settings metadata accepts)."""
     origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is typing.Annotated:
+        conditions = [m for m in expected.__metadata__ if hasattr(m, "ok")]
+        return _fits(value, args[0]) and all(m.ok(value) for m in conditions)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args)
     if expected is type(None):
@@ -274,7 +162,13 @@ def _fits(value: Any, expected: Any) -> bool:
 
 def _describe(expected: Any) -> str:
     origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is typing.Annotated:
+        said = [m.says for m in expected.__metadata__ if getattr(m, "says", "")]
+        return said[0] if said else _describe(args[0])
     if origin in (typing.Union, types.UnionType):
+        if type(None) in args and len(args) == 2:  # Optional: null turns it off
+            inner = next(a for a in args if a is not type(None))
+            return f"{_describe(inner)}, or null to turn it off"
         return " or ".join(_describe(a) for a in args)
     if expected is type(None):
         return "null"
@@ -287,6 +181,20 @@ def _describe(expected: Any) -> str:
 
 def _example(expected: Any) -> str:
     origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is typing.Annotated:
+        names = [m.values[0] for m in expected.__metadata__ if hasattr(m, "values")]
+        ranges = [m for m in expected.__metadata__ if hasattr(m, "low")]
+        if names:
+            return names[0]
+        if ranges:  # a value well inside the range
+            r, integer = ranges[0], args[0] is int
+            if integer and math.isfinite(r.low):
+                return str(int(r.low) + int(r.open_low))
+            if math.isfinite(r.low) and math.isfinite(r.high):
+                return f"{(r.low + r.high) / 2:g}"
+            if math.isfinite(r.low):
+                return "0.01" if r.low == 0 and r.open_low else f"{r.low + int(r.open_low):g}"
+        return _example(args[0])
     if origin in (typing.Union, types.UnionType):
         return _example(next(a for a in args if a is not type(None)))
     if origin in (list, tuple, collections.abc.Sequence):

@@ -5,15 +5,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from omegaconf import DictConfig
 
 from dlexp.errors import DlexpError
+from dlexp.settings import Count, Test
 
 log = logging.getLogger("dlexp")
+
+
+@dataclass
+class DeviceSettings:
+    """The `device` config: each key's type and range stated once (dlexp.checks)."""
+
+    type: Annotated[
+        str,
+        Test(
+            lambda v: v in ("auto", "cpu", "cuda", "mps") or str(v).startswith("cuda:"),
+            "auto, cpu, cuda (or cuda:N) or mps",
+        ),
+    ]
+    threads: Count | None
 
 
 def pick_device(kind: str) -> torch.device:

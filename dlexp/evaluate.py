@@ -11,15 +11,13 @@ from dlexp.data import load_data
 from dlexp.device import resolve_device
 from dlexp.steps import ModuleStep
 from dlexp.tasks import build_task
-from dlexp.train import namespace
+from dlexp.trainer import TrainerSettings
 
 log = logging.getLogger("dlexp")
 
 
 def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict[str, Any]:
     """Test metrics of `run` (a run folder or checkpoint file), named like training's test/*."""
-    from omegaconf import OmegaConf
-
     loaded = load_run(run, which)
     cfg = loaded.cfg
     cfg.device.type = device
@@ -27,7 +25,7 @@ def evaluate(run: str | Path, which: str = "last", device: str = "auto") -> dict
     dev = resolve_device(cfg.device)
     data = load_data(cfg.data, cfg.seed).to(dev)
     task = build_task(cfg.task, data.meta, cfg.get("loss"))
-    trainer = namespace(OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer = TrainerSettings.of(cfg.trainer)
     trainer.compile = False
     step = ModuleStep(task, loaded.model, data, {}, None, "epoch", trainer, dev, cfg.seed)
     sums, outputs = step.evaluate("test", cfg.data.eval_batch_size, keep=True)

@@ -31,12 +31,43 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlexp.build import OptimizerSettings
 from dlexp.checkpoint import find_checkpoint, load_checkpoint, save_json, yaml_text
 from dlexp.checks import check_config
+from dlexp.data.load import DataSettings
+from dlexp.device import DeviceSettings
 from dlexp.errors import DlexpError
 from dlexp.record import LOG_FORMAT
+from dlexp.settings import NonNegativeInt
+from dlexp.trainer import TrainerSettings
 
 log = logging.getLogger("dlexp")
+
+
+@dataclass
+class SweepSettings:
+    resume: bool
+
+
+@dataclass
+class RunSettings:
+    """The top-level keys of `dlexp train`'s config that a run reads."""
+
+    seed: NonNegativeInt
+    objective: str | None
+    sweep: SweepSettings
+
+
+# Each group dlexp itself reads, and where its keys' types and ranges are stated (dlexp.checks;
+# the nodes built with _target_ are checked against their classes' signatures).
+SETTINGS = {
+    "": RunSettings,
+    "trainer": TrainerSettings,
+    "data": DataSettings,
+    "device": DeviceSettings,
+    "optimizer": OptimizerSettings,
+    "optimizer_d": OptimizerSettings,
+}
 
 LOCK = "run.lock"
 # What a run leaves in its folder: removed by trainer.overwrite=true before a new run.
@@ -322,7 +353,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
     run_dir = run_dir or hydra_dir
     fd, run = None, None
     try:
-        check_config(cfg)
+        check_config(cfg, SETTINGS)
         if overrides is not None:
             _added_keys_check(cfg, overrides)
         resume, resume_path = None, None
@@ -330,7 +361,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
             resume_path = find_checkpoint(cfg.trainer.resume, "last")
             resume = load_checkpoint(resume_path)
             cfg = resumed_config(resume["config"], cfg, overrides)
-            check_config(cfg)
+            check_config(cfg, SETTINGS)
             folder = folder_of(resume_path)
             if folder is not None:
                 run_dir = folder
@@ -347,7 +378,7 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
         if not launched:
             _decide(run, resume_path, hc, overrides)
             if run.cfg is not cfg:  # the stored config of a run it continues
-                check_config(run.cfg)
+                check_config(run.cfg, SETTINGS)
         if run.done is None and rank == 0 and not launched:
             _prepare(run, hc)
         if rank == 0 and log_file and not (run.dir / "train.log").exists():

@@ -243,7 +243,7 @@ class StackedStep:
         datas: list[Data],
         groups: list[dict[str, Any]],
         kind: type,
-        cfg: Any,  # the trainer config (namespace)
+        cfg: Any,  # dlexp.trainer.TrainerSettings
         device: torch.device,
         seeds: list[int],
         l1: list[float],

@@ -73,7 +73,7 @@ class ModuleStep:
         optimizers: dict[str, torch.optim.Optimizer],
         scheduler: Any,
         interval: str,
-        cfg: Any,  # the trainer config (namespace)
+        cfg: Any,  # dlexp.trainer.TrainerSettings
         device: torch.device,
         seed: int,
         dist: Dist | None = None,

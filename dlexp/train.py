@@ -10,11 +10,9 @@ the same loop (dlexp.trainer); only the step differs: autograd on one module
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import OmegaConf
 
 from dlexp.build import build, build_optimizer, build_scheduler, param_group, seed_everything
 from dlexp.device import resolve_device
@@ -23,17 +21,9 @@ from dlexp.errors import DlexpError
 from dlexp.record import Job, Records, hparams_of
 from dlexp.stacked import StackedStep
 from dlexp.steps import ModuleStep, steps_per_epoch
-from dlexp.trainer import Diverged, Trainer
+from dlexp.trainer import Diverged, Trainer, TrainerSettings
 
 log = logging.getLogger("dlexp")
-
-
-def namespace(node: Any) -> Any:
-    """A config as plain attributes: a DictConfig lookup costs microseconds, and the loop reads
-    its settings every step (1,000-epoch course runs of a tiny net are mostly overhead)."""
-    if isinstance(node, dict):
-        return SimpleNamespace(**{k: namespace(v) for k, v in node.items()})
-    return node
 
 
 def fit(runs: list) -> list[dict | None]:
@@ -43,7 +33,7 @@ def fit(runs: list) -> list[dict | None]:
     cfg = runs[0].cfg
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.trainer.deterministic)
-    trainer = namespace(OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer = TrainerSettings.of(cfg.trainer)
     if len(runs) == 1:
         step, task, dist = _module_step(runs[0], device, trainer)
     else:

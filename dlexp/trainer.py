@@ -20,10 +20,12 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from dlexp.checkpoint import LoopState, one_sync
 from dlexp.diagnostics import WeightLog
@@ -31,9 +33,62 @@ from dlexp.distributed import Dist
 from dlexp.errors import DlexpError
 from dlexp.progress import Progress
 from dlexp.record import Records
+from dlexp.settings import Count, NonNegative, OneOf, Range
 from dlexp.tasks.base import Task
 
 log = logging.getLogger("dlexp")
+
+
+@dataclass
+class EarlyStopping:
+    patience: Annotated[int, Range(1, says="a whole number of epochs >= 1")] | None
+    min_delta: NonNegative
+
+
+@dataclass
+class TrainerSettings:
+    """The `trainer` config as the loop reads it: each key's type and range stated here once
+    (dlexp.checks refuses a value that does not fit); the values and what they mean are in
+    configs/trainer/default.yaml."""
+
+    required: ClassVar[bool] = True  # the loop reads every key
+    epochs: Count
+    precision: Annotated[str, OneOf("auto", "fast", "fp32", "bf16", "fp16")]
+    channels_last: bool
+    compile: bool
+    devices: Annotated[int, Range(1, says="a whole number >= 1 (processes)")]
+    grad_clip: (
+        Annotated[
+            float, Range(0, open_low=True, says="a positive number (the largest gradient norm)")
+        ]
+        | None
+    )
+    l1: Annotated[float, Range(0, says="a number >= 0 (0 turns the L1 penalty off)")]
+    early_stopping: EarlyStopping
+    deterministic: bool
+    progress: Annotated[str, OneOf("auto", "bar", "log", "none")]
+    log_every_steps: Count
+    log_every_epochs: Count
+    max_steps_per_epoch: Count | None
+    eval_before: bool
+    log_weights: bool
+    report_every_epochs: Annotated[int, Range(1, says="a whole number of epochs >= 1")] | None
+    test_every_epoch: bool
+    checkpoint: bool
+    checkpoint_interval: Annotated[
+        float, Range(0, says="a number of seconds >= 0 (0: every epoch)")
+    ]
+    checkpoint_every_steps: Count | None
+    checkpoint_every_minutes: (
+        Annotated[float, Range(0, open_low=True, says="a positive number of minutes")] | None
+    )
+    overwrite: bool
+    resume: str | None
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> TrainerSettings:
+        values = OmegaConf.to_container(cfg, resolve=True)
+        return cls(**{**values, "early_stopping": EarlyStopping(**values["early_stopping"])})
 
 
 class Interrupted(Exception):
@@ -82,7 +137,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: Any,  # the trainer config (namespace)
+        cfg: TrainerSettings,
         step: Any,  # dlexp.steps.ModuleStep or dlexp.stacked.StackedStep
         records: Records,
         task: Task,

@@ -17,8 +17,7 @@ from dlexp.record import Job, Records
 from dlexp.run import train
 from dlexp.steps import ModuleStep
 from dlexp.tasks.base import Task
-from dlexp.train import namespace
-from dlexp.trainer import Trainer
+from dlexp.trainer import Trainer, TrainerSettings
 
 
 class TwoNets(nn.Module):
@@ -55,7 +54,7 @@ def fit(task, tmp_path, *overrides: str, lr: float = 0.1):
         OmegaConf.load(config_dir() / "trainer" / "default.yaml"),
         OmegaConf.from_dotlist(["progress=none", "checkpoint=false", *overrides]),
     )
-    cfg = namespace(OmegaConf.to_container(cfg))
+    cfg = TrainerSettings.of(cfg)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 4, generator=gen), torch.randn(40, 1, generator=gen)
     split = Split(x, y)

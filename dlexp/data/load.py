@@ -3,7 +3,8 @@ featured as the config says)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -14,6 +15,51 @@ from dlexp.data.balance import rebalance
 from dlexp.data.cache import load_raw
 from dlexp.data.core import Data, DataMeta, Split
 from dlexp.errors import DlexpError
+from dlexp.settings import Count, Fraction, OneOf, Range
+
+Pixels = Annotated[int, Range(0, says="a whole number of pixels >= 0")]
+
+
+@dataclass
+class Augment:
+    hflip: bool
+    shift: Pixels
+    noise: Annotated[float, Range(0, says="a number >= 0 (the noise's std)")]
+    rotate: Annotated[float, Range(0, 180, says="a number of degrees from 0 to 180")]
+    scale: Annotated[float, Range(0, 1, open_high=True, says="a fraction from 0 to below 1")]
+    color: Annotated[float, Range(0, 1, says="a fraction from 0 to 1")]
+
+
+@dataclass
+class DataSettings:
+    """The `data` keys load_data reads (a data set has some of them): each key's type and
+    range stated here once (dlexp.checks refuses a value that does not fit); the values are in
+    configs/data/*.yaml. `source` is the loader, checked against its own signature."""
+
+    batch_size: Count
+    eval_batch_size: Count
+    val_fraction: Fraction
+    test_fraction: Fraction
+    folds: Annotated[int, Range(2, says="a whole number of folds >= 2")] | None
+    fold: Annotated[int, Range(0, says="a fold number from 0 to data.folds - 1")]
+    balance: Annotated[str, OneOf("none", "oversample", "undersample", "smote", "class_weight")]
+    subset: Annotated[int, Range(1, says="a whole number of samples >= 1")] | None
+    repeat: Count | None
+    resize: Annotated[int, Range(4, says="a size in pixels >= 4")] | None
+    roll: Pixels
+    roll_train: bool
+    normalize: Annotated[str, OneOf("standard", "unit", "symmetric")]
+    standardize: bool
+    features: list[Annotated[str, OneOf(*FEATURES)]]
+    augment: Augment
+    classes: list | None
+    download: bool
+    cache: bool
+    root: str
+    name: str
+    content: str | None  # (data=style_images: its two pictures, and their size)
+    style: str | None
+    size: Annotated[int, Range(16, says="a size in pixels >= 16")]
 
 
 def _split(

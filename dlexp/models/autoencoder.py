@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,17 @@ from dlexp.errors import DlexpError
 from dlexp.models.cnn import conv_block
 from dlexp.models.layers import init_weights, make_activation, require_images
 from dlexp.models.mlp import dense_stack
+from dlexp.settings import Positive, Range, Test
+
+Units = Annotated[int, Range(1, says="a whole number of units >= 1")]
+# false, "latent" (the latent layer and its mirror share a matrix) or "all" (true: every layer)
+Tied = Annotated[
+    bool | str,
+    Test(
+        lambda v: isinstance(v, bool) or v in ("latent", "all"),
+        "false, latent (the latent layer and its mirror share a matrix) or all (true)",
+    ),
+]
 
 
 class DenseAutoencoder(nn.Module):
@@ -33,19 +45,17 @@ class DenseAutoencoder(nn.Module):
         input_shape: tuple[int, ...],
         num_outputs: int | None = None,
         hidden: list[int] = (250,),
-        latent: int = 50,
+        latent: Units = 50,
         activation: str = "relu",
-        tied: bool | str = False,
+        tied: Tied = False,
         init: str = "default",
-        init_std: float = 0.01,
-        units: int | None = None,
+        init_std: Positive = 0.01,
+        units: Units | None = None,
     ) -> None:
         super().__init__()
         require_images(input_shape, "autoencoder", "model=ann")
         if units is not None:  # one hidden layer each side (the course's units x bottleneck sweep)
             hidden = [units]
-        if tied not in (False, True, "all", "latent"):
-            raise DlexpError(f"model.tied={tied!r} is not known; use false, latent or all (true).")
         self.input_shape = tuple(input_shape)
         size = math.prod(input_shape)
         self.body, _ = dense_stack(size, [*hidden, latent], activation)
@@ -92,7 +102,7 @@ class ConvAutoencoder(nn.Module):
         activation: str = "relu",
         batch_norm: bool = False,
         init: str = "default",
-        init_std: float = 0.01,
+        init_std: Positive = 0.01,
         output: str = "linear",
     ) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from torch import nn
 from dlexp.errors import DlexpError
 from dlexp.models.layers import init_weights, make_activation, require_images
 from dlexp.models.mlp import dense_stack
+from dlexp.settings import Positive, Probability
 
 
 def conv_block(
@@ -54,10 +55,10 @@ class CNN(nn.Module):
         activation: str = "relu",
         batch_norm: bool = False,
         head_batch_norm: bool = False,
-        dropout: float = 0.0,
-        conv_dropout: float = 0.0,
+        dropout: Probability = 0.0,
+        conv_dropout: Probability = 0.0,
         init: str = "default",
-        init_std: float = 0.01,
+        init_std: Positive = 0.01,
     ) -> None:
         super().__init__()
         require_images(input_shape, "cnn", "model=ann")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from dlexp.models.layers import init_weights, make_activation
+from dlexp.settings import Positive, Probability, Range
 
 
 class MLP(nn.Module):
@@ -17,12 +19,12 @@ class MLP(nn.Module):
         num_outputs: int,
         hidden: list[int] = (64, 64),
         activation: str = "relu",
-        dropout: float = 0.0,
+        dropout: Probability = 0.0,
         batch_norm: bool = False,
         init: str = "default",
-        init_std: float = 0.01,
-        width: int | None = None,
-        depth: int | None = None,
+        init_std: Positive = 0.01,
+        width: Annotated[int, Range(1, says="a whole number of units >= 1")] | None = None,
+        depth: Annotated[int, Range(1, says="a whole number of layers >= 1")] | None = None,
     ) -> None:
         super().__init__()
         if width is not None or depth is not None:  # the course's breadth x depth sweeps

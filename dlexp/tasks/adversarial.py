@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlexp.settings import Range
 from dlexp.tasks.base import Task
 
 log = logging.getLogger("dlexp")
@@ -34,9 +36,9 @@ class Adversarial(Task):
         self,
         meta=None,
         loss=None,
-        show: int = 64,
+        show: Annotated[int, Range(1, says="a whole number of images >= 1")] = 64,
         quality_from: str | None = None,
-        quality_samples: int = 500,
+        quality_samples: Annotated[int, Range(2, says="a whole number of samples >= 2")] = 500,
     ):
         self.show, self.quality_samples = int(show), int(quality_samples)
         self._gen: torch.Generator | None = None

@@ -6,11 +6,12 @@ expected in [0, 1] (data.normalize=unit)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from dlexp.errors import DlexpError
+from dlexp.settings import OneOf, Range
 from dlexp.tasks.base import Task
 
 
@@ -30,18 +31,12 @@ class Reconstruction(Task):
         self,
         meta=None,
         loss: nn.Module | None = None,
-        noise: float = 0.0,
-        noise_kind: str = "gaussian",
-        occlusion: int = 0,
-        corrupt: str = "both",
-        show: int = 8,
+        noise: Annotated[float, Range(0, says="a number >= 0 (the noise's std)")] = 0.0,
+        noise_kind: Annotated[str, OneOf("gaussian", "uniform")] = "gaussian",
+        occlusion: Annotated[int, Range(0, says="a whole number of pixels >= 0")] = 0,
+        corrupt: Annotated[str, OneOf("both", "test")] = "both",
+        show: Annotated[int, Range(1, says="a whole number of images >= 1")] = 8,
     ):
-        for key, value, known in (
-            ("noise_kind", noise_kind, ("gaussian", "uniform")),
-            ("corrupt", corrupt, ("both", "test")),
-        ):
-            if value not in known:
-                raise DlexpError(f"task.{key}={value!r} is not known; use {' or '.join(known)}.")
         self.loss_fn = loss or nn.MSELoss()
         self.noise, self.occlusion, self.show = float(noise), int(occlusion), int(show)
         self.noise_kind = noise_kind

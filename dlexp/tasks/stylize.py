@@ -8,11 +8,13 @@ with G = F F^T / (C H W) over the outputs of the chosen conv layers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
 from dlexp.errors import DlexpError
+from dlexp.settings import OneOf, Positive, Range
 from dlexp.tasks.base import Task
 
 
@@ -33,9 +35,9 @@ class Stylize(Task):
         content_layers: list[int] = (1, 4),
         style_layers: list[int] = (1, 2, 3, 4, 5),
         style_weights: list[float] = (1.0, 0.5, 0.5, 0.2, 0.1),
-        style_scale: float = 1e6,
-        init: str = "noise",
-        out_size: int | None = None,
+        style_scale: Positive = 1e6,
+        init: Annotated[str, OneOf("noise", "content")] = "noise",
+        out_size: Annotated[int, Range(1, says="a size in pixels >= 1")] | None = None,
     ) -> None:
         if meta is not None and meta.name != "style_images":
             raise DlexpError(
@@ -48,8 +50,6 @@ class Stylize(Task):
                 f"task.style_weights has {len(style_weights)} values for {len(style_layers)} "
                 "task.style_layers; give one weight per style layer."
             )
-        if init not in ("noise", "content"):
-            raise DlexpError(f"task.init={init!r} is not known; use noise or content.")
         self.content_layers, self.style_layers = list(content_layers), list(style_layers)
         self.style_weights, self.style_scale = list(style_weights), float(style_scale)
         self.init, self.out_size = init, out_size
