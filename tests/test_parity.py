@@ -164,3 +164,28 @@ def test_the_l1_sweep_gives_the_same_numbers_on_both_launchers(env, tmp_path, ca
     assert len(sequential) == 2 and stacked.keys() == sequential.keys()
     for name, folder in sequential.items():
         compare_metrics(stacked[name], folder)
+
+
+COURSE_GRIDS = {  # the course's batched experiment files, cut short (the second check: files)
+    # (momentum .999 blows up: there torch's own fused and foreach SGD differ by 7e-4 too)
+    "momentum_sweep": ["trainer.epochs=5", "optimizer.momentum=0,0.5,0.9,0.95"],
+    "optimizers_lrs": ["trainer.epochs=3", "optimizer.lr=0.001,0.01"],
+    "adam_l2": ["trainer.epochs=5"],
+    "init_xavier_kaiming": ["trainer.epochs=20", "seed=range(3)"],
+    "ann_multilayer": ["trainer.epochs=100", "optimizer.lr=0.001,0.01,0.1"],
+    "qwerties_features": ["trainer.epochs=5", "seed=range(2)"],
+}
+
+
+@pytest.mark.slow  # ~1 min: the experiment files' own grids through both launchers
+@pytest.mark.parametrize("experiment", COURSE_GRIDS)
+def test_the_course_grids_give_the_same_numbers_on_both_launchers(
+    env, tmp_path, capsys, experiment
+):
+    args = [f"experiment={experiment}", *COURSE_GRIDS[experiment]]
+    sweep(capsys, tmp_path / "batched", *args)  # the experiments' own launcher: batched
+    sweep(capsys, tmp_path / "basic", *args, "hydra/launcher=basic")
+    stacked, sequential = jobs(tmp_path / "batched"), jobs(tmp_path / "basic")
+    assert len(sequential) >= 2 and stacked.keys() == sequential.keys()
+    for name, folder in sequential.items():
+        compare_metrics(stacked[name], folder)
