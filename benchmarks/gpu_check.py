@@ -63,26 +63,8 @@ def main() -> None:
     ]
     for name, overrides in [] if args.parity_only else SETTINGS:
         before = set((tmp / "out").glob("runs/*"))
-        import time
-
-        tic = time.perf_counter()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dlexp",
-                "train",
-                "data=mnist",
-                "device=cuda",
-                "trainer.epochs=2",
-                "trainer.progress=log",
-                *overrides,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        wall = time.perf_counter() - tic
+        base = ["data=mnist", "device=cuda", "trainer.epochs=2", "trainer.progress=log"]
+        result, wall = timed_dlexp([*base, *overrides], env)
         if result.returncode != 0:
             lines.append(
                 f"| {name} | FAILED: {result.stderr.strip().splitlines()[-1][:200]} | | | |"
@@ -105,11 +87,20 @@ def main() -> None:
         Path(args.out).write_text(text + "\n")
 
 
+def timed_dlexp(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    """`dlexp train <args>` in its own process, and its wall time."""
+    import time
+
+    tic = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "dlexp", "train", *args], env=env, capture_output=True, text=True
+    )
+    return result, time.perf_counter() - tic
+
+
 def launcher_parity(tmp: Path, env: dict, precision: str = "fp32") -> list[str]:
     """The Iris grid on the GPU through both launchers: wall times, largest difference (in
     fp32 they differ by float reordering only; bf16 rounds every product to 8 bits)."""
-    import time
-
     grid = [
         "data=iris",
         "device=cuda",
@@ -122,23 +113,9 @@ def launcher_parity(tmp: Path, env: dict, precision: str = "fp32") -> list[str]:
     finals, lines = {}, ["| launcher | wall s | jobs | status |", "| --- | ---: | ---: | --- |"]
     for launcher in ("batched", "basic"):
         folder = tmp / f"grid-{launcher}-{precision}"
-        tic = time.perf_counter()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dlexp",
-                "train",
-                "-m",
-                *grid,
-                f"hydra/launcher={launcher}",
-                f"hydra.sweep.dir={folder}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
+        result, wall = timed_dlexp(
+            ["-m", *grid, f"hydra/launcher={launcher}", f"hydra.sweep.dir={folder}"], env
         )
-        wall = time.perf_counter() - tic
         finals[launcher] = {
             p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/metrics.json")
         }
