@@ -37,7 +37,7 @@ def fit(runs: list) -> list[dict | None]:
     if len(runs) == 1:
         step, task, dist = _module_step(runs[0], device, trainer)
     else:
-        step, task, dist = _stacked_step(runs, device, trainer), None, Dist()
+        step, dist = _stacked_step(runs, device, trainer), Dist()
         task = step.task
     n_val = len(step.datas[0].val)
     monitor = f"val/{task.monitor}" if n_val else f"train/{task.monitor}"
