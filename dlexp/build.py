@@ -15,12 +15,16 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.checkpoint import find_checkpoint, load_checkpoint
+from dlexp.checks import check_config
 from dlexp.data import Data, DataMeta, load_data
+from dlexp.data.load import DataSettings
+from dlexp.device import DeviceSettings
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
-from dlexp.settings import NonNegative, Positive, Range
+from dlexp.settings import NonNegative, NonNegativeInt, Positive, Range
 from dlexp.tasks import build_task
 from dlexp.tasks.base import Task
+from dlexp.trainer import TrainerSettings
 
 
 def seed_everything(seed: int) -> None:
@@ -37,6 +41,33 @@ class OptimizerSettings:
     lr: Positive
     momentum: Annotated[float, Range(0, 1, open_high=True, says="a number in [0, 1)")]
     weight_decay: NonNegative
+
+
+@dataclass
+class SweepSettings:
+    resume: bool
+
+
+@dataclass
+class RunSettings:
+    """The top-level keys of `dlexp train`'s config that a run reads."""
+
+    seed: NonNegativeInt
+    objective: str | None
+    sweep: SweepSettings
+
+
+# Each group dlexp itself reads, and where its keys' types and ranges are stated (dlexp.checks;
+# the nodes built with _target_ are checked against their classes' signatures): composed
+# configs (dlexp.run) and the configs stored in checkpoints (load_run) alike.
+SETTINGS = {
+    "": RunSettings,
+    "trainer": TrainerSettings,
+    "data": DataSettings,
+    "device": DeviceSettings,
+    "optimizer": OptimizerSettings,
+    "optimizer_d": OptimizerSettings,
+}
 
 
 def optimizer_args(cfg: DictConfig, device: torch.device) -> tuple[type, dict[str, Any]]:
@@ -110,7 +141,9 @@ def load_run(run: str | Path, which: str = "last") -> LoadedRun:
     path = find_checkpoint(run, which)
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
-    cfg.model.init_from = None  # the checkpoint already holds every weight
+    check_config(cfg, SETTINGS)  # a stored config is data: checked as a composed one, and
+    cfg.model.init_from = None  # only what dlexp may build is built; the checkpoint already
+    # holds every weight
     meta = DataMeta(**state["meta"])
     meta.input_shape = tuple(meta.input_shape)
     task = build_task(cfg.task, meta, None)

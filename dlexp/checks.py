@@ -10,6 +10,7 @@ never trained on.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -18,7 +19,7 @@ import types
 import typing
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dlexp.errors import DlexpError
 
@@ -85,11 +86,54 @@ TARGETS = {
 }
 
 
+# What a config may build (`_target_`), by the module that defines it: dlexp's models, tasks,
+# data loaders and losses, torch's optimizers, schedulers, layers and losses, torchvision's
+# models. A config is data: a file (a checkpoint's stored config, an experiment from anywhere)
+# that names anything else, os.system or torch.load say, is refused before anything is built.
+BUILDABLE = (
+    "dlexp.models.",
+    "dlexp.tasks.",
+    "dlexp.data.",
+    "dlexp.losses",
+    "torch.optim.",
+    "torch.nn.",
+    "torchvision.models.",
+)
+
+
+def check_buildable(node: Any, where: str = "") -> None:
+    """Every `_target_` in the config, at any depth, names something dlexp may build."""
+    from hydra.utils import get_object
+
+    if isinstance(node, DictConfig | ListConfig):
+        items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+        for key, value in items:
+            if key != "_target_":
+                check_buildable(value, f"{where}.{key}" if where else str(key))
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            return
+        target, found = node._target_, None
+        if target is None:  # (a node that builds nothing: scheduler=none)
+            return
+        if isinstance(target, str) and target.startswith(BUILDABLE):
+            with contextlib.suppress(Exception):
+                found = get_object(target)
+        module = getattr(found, "__module__", None) or ""
+        if not module.startswith(BUILDABLE):  # (the object itself, not an alias in a module)
+            raise DlexpError(
+                f"{where}._target_={target!r} is not something dlexp builds: a config may name "
+                "dlexp's models, tasks, data loaders and losses, torch.optim's optimizers and "
+                "schedulers, torch.nn's layers and losses, or torchvision's models (e.g. "
+                "torch.optim.Adam). Nothing was built or run."
+            )
+
+
 def check_targets(cfg: DictConfig) -> None:
     """Every key of a node built with `_target_` must be an argument of that class, of the
     type the class declares: `model.hidden=abc` names the key and what it expects."""
     from hydra.utils import get_object
 
+    check_buildable(cfg)
     for prefix, not_arguments in TARGETS.items():
         node = OmegaConf.select(cfg, prefix)
         if not isinstance(node, DictConfig) or node.get("_target_") is None:

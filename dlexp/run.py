@@ -31,43 +31,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.build import OptimizerSettings
+from dlexp.build import SETTINGS
 from dlexp.checkpoint import find_checkpoint, load_checkpoint, save_json, yaml_text
 from dlexp.checks import check_config
-from dlexp.data.load import DataSettings
-from dlexp.device import DeviceSettings
 from dlexp.errors import DlexpError
 from dlexp.record import LOG_FORMAT
-from dlexp.settings import NonNegativeInt
-from dlexp.trainer import TrainerSettings
 
 log = logging.getLogger("dlexp")
 
-
-@dataclass
-class SweepSettings:
-    resume: bool
-
-
-@dataclass
-class RunSettings:
-    """The top-level keys of `dlexp train`'s config that a run reads."""
-
-    seed: NonNegativeInt
-    objective: str | None
-    sweep: SweepSettings
-
-
-# Each group dlexp itself reads, and where its keys' types and ranges are stated (dlexp.checks;
-# the nodes built with _target_ are checked against their classes' signatures).
-SETTINGS = {
-    "": RunSettings,
-    "trainer": TrainerSettings,
-    "data": DataSettings,
-    "device": DeviceSettings,
-    "optimizer": OptimizerSettings,
-    "optimizer_d": OptimizerSettings,
-}
 
 LOCK = "run.lock"
 # What a run leaves in its folder: removed by trainer.overwrite=true before a new run.

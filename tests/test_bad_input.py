@@ -226,3 +226,63 @@ def test_the_printed_resume_command_works_for_any_path(env, tmp_path, capsys, mo
     (run,) = (outputs / "runs").iterdir()
     assert f"run saved in {run}" in resumed.stdout
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["loop"]["epoch"] == 30
+
+
+class _Touch:
+    """A pickle that, loaded, creates the file it names."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+@pytest.fixture(scope="module")
+def iris_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("iris") / "run"
+    train(make_cfg("trainer.epochs=1", "trainer.progress=none"), run_dir=run)
+    return run
+
+
+@pytest.mark.parametrize("kind", ["torch.load", "builtins.open", "os.system", "subprocess.run"])
+def test_a_stored_config_that_names_code_is_refused_and_nothing_runs(
+    kind, iris_run, env, tmp_path, capsys
+):
+    """A checkpoint whose stored config holds a nested `_target_` (where the model's activation
+    name should be) is refused by every command that loads runs; the marker proves nothing ran."""
+    import yaml
+
+    marker, victim = tmp_path / "ran", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    payload = tmp_path / "payload.pkl"
+    payload.write_bytes(pickle.dumps(_Touch(marker)))
+    nested = {
+        "torch.load": {"_target_": "torch.load", "f": str(payload), "weights_only": False},
+        "builtins.open": {"_target_": "builtins.open", "_args_": [str(victim), "w"]},
+        "os.system": {"_target_": "os.system", "command": f"touch '{marker}'"},
+        "subprocess.run": {"_target_": "subprocess.run", "args": ["touch", str(marker)]},
+    }[kind]
+    state = torch.load(iris_run / "checkpoints" / "last.pt", weights_only=True)
+    cfg = yaml.safe_load(state["config"])
+    cfg["model"]["activation"] = nested
+    crafted = tmp_path / "crafted.pt"
+    torch.save({**state, "config": yaml.safe_dump(cfg)}, crafted)
+    for args in (
+        ["eval", f"run={crafted}"],
+        ["sample", f"run={crafted}", f"out={tmp_path / 'grid.png'}"],
+        ["train", f"trainer.resume={crafted}"],
+        ["train", "model=gan", "data=mnist", f"task.quality_from={crafted}", "trainer.epochs=1"],
+    ):
+        err = refused(capsys, *args)
+        assert f"model.activation._target_='{kind}' is not something dlexp builds" in err
+    assert not marker.exists() and victim.read_text() == "precious"  # nothing ran
+    assert not (tmp_path / "grid.png").exists()
+    runs = Path(env["DLEXP_OUTPUTS"]) / "runs"
+    assert not runs.exists() or not list(runs.iterdir())  # no run folder left behind
+
+
+@pytest.mark.parametrize("target", ["os.system", "torch.optim.optimizer.os.system", "torch.load"])
+def test_a_command_line_target_outside_what_dlexp_builds_is_refused(target, env, capsys):
+    err = refused(capsys, "train", f"model._target_={target}")
+    assert f"model._target_='{target}' is not something dlexp builds" in err

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from dlexp.run import SETTINGS
+from dlexp.build import SETTINGS
 
 CONFIGS = REPO / "configs"
 
