@@ -174,6 +174,8 @@ def _composition_error(text: str, args: list[str], config_path: str) -> str:
         r"(?:Error parsing override '(.*?)'|LexerNoViableAltException: (.*?))\n", text
     )
     override = parse and (parse.group(1) or parse.group(2))
+    if not override and "override_grammar" in text:  # Hydra did not say which: find it
+        override = _unparsable(args)
     if override and "=" in override:
         key, _, value = override.partition("=")
         return (
@@ -202,6 +204,22 @@ def _composition_error(text: str, args: list[str], config_path: str) -> str:
         f"dlexp: error: {key}={value} does not name a setting of this config; {hint}"
         "`dlexp train --cfg job` lists every key of this config.\n"
     )
+
+
+def _unparsable(args: list[str]) -> str | None:
+    """The first command-line override Hydra's grammar cannot read (e.g. a sweep job's folder,
+    `0_optimizer.lr=0.1`, given unquoted as a path)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_override(arg)
+        except Exception:
+            return arg
+    return None
 
 
 def hydra_job(cfg: DictConfig) -> float:

@@ -91,11 +91,13 @@ def default_run_dir(cfg: DictConfig) -> Path:
 
 # -------------------------------------------------------------------- claiming
 def _read_lock(fd: int) -> dict[str, Any]:
+    """The lock's record of its holder ({} for anything that is not dlexp's record)."""
     os.lseek(fd, 0, os.SEEK_SET)
     try:
-        return json.loads(os.read(fd, 4096) or b"{}")
+        record = json.loads(os.read(fd, 4096) or b"{}")
     except ValueError:
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def claim(run_dir: Path) -> int | None:
@@ -109,7 +111,14 @@ def claim(run_dir: Path) -> int | None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise DlexpError(
+                    f"{path} is not a regular file (a link, or a folder): dlexp writes its lock "
+                    "only to a file of its own. Remove it, or run in another folder (leave out "
+                    "hydra.run.dir for a new one)."
+                )
+            # (O_NOFOLLOW: a link put there between the check and the open is refused too)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

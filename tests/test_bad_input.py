@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -286,3 +287,15 @@ def test_a_stored_config_that_names_code_is_refused_and_nothing_runs(
 def test_a_command_line_target_outside_what_dlexp_builds_is_refused(target, env, capsys):
     err = refused(capsys, "train", f"model._target_={target}")
     assert f"model._target_='{target}' is not something dlexp builds" in err
+
+
+def test_a_sweep_jobs_folder_given_unquoted_gets_the_quoted_command(env, tmp_path, capsys):
+    """Job folders are named by their overrides (`0_optimizer.lr=0.1`): Hydra cannot read such
+    a path unquoted; dlexp names the override and prints the form that works."""
+    job = tmp_path / "0_optimizer.lr=0.1,seed=1"
+    train(make_cfg("trainer.epochs=1", "trainer.progress=none"), run_dir=job)
+    err = refused(capsys, "train", f"trainer.resume={job}")
+    quoted = f"\"trainer.resume='{job}'\""
+    assert quoted in err
+    code, out, err = cli(capsys, "train", *shlex.split(quoted))
+    assert code == 0 and "is complete (1 of 1 epochs)" in out + err

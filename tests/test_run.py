@@ -203,3 +203,23 @@ def test_an_unknown_objective_is_an_error_not_none(env, capsys):
     code, _, err = cli(capsys, "train", "trainer.epochs=1", "objective=val/f1")
     assert code == 2 and "objective='val/f1' is not a metric of this run" in err
     assert "val/acc" in err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "garbage"])
+def test_a_lock_file_that_is_not_dlexps_is_never_followed_nor_a_traceback(
+    kind, env, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    train(make_cfg("trainer.epochs=1"), run_dir=run)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    if kind == "symlink":
+        (run / "run.lock").symlink_to(outside)
+    else:
+        (run / "run.lock").write_text("[1]")
+    code, _, err = cli(capsys, "train", f"trainer.resume={run}", "trainer.epochs=2")
+    assert outside.read_text() == "precious" and "Traceback" not in err
+    if kind == "symlink":
+        assert code == 2 and "run.lock is not a regular file" in err
+    else:  # an unreadable record of a holder long gone: taken over
+        assert code == 0, err
