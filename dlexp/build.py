@@ -75,6 +75,11 @@ def optimizer_args(cfg: DictConfig, device: torch.device) -> tuple[type, dict[st
     torch has them (CPU, CUDA)."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)  # (instantiate: ~30 ms, this: ~0.1)
     kind = get_class(kwargs.pop("_target_"))
+    if kwargs.get("nesterov") and (not kwargs.get("momentum") or kwargs.get("dampening")):
+        raise DlexpError(  # (torch's SGD refuses it too, with a traceback)
+            f"optimizer.nesterov=true needs momentum and no dampening, but optimizer.momentum="
+            f"{kwargs.get('momentum')}: set optimizer.momentum (e.g. 0.9), or nesterov=false."
+        )
     if "fused" in kwargs and kwargs["fused"] is None:
         kwargs["fused"] = device.type in ("cpu", "cuda")
     return kind, kwargs

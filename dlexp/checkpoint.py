@@ -184,12 +184,57 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "dlexp writes); use checkpoints/last.pt or best.pt from a dlexp run folder."
         )
     version = state.get("format", 1)
-    if version in (1, 2, 3):
-        return _upgrade(state)
-    if version != FORMAT:
+    if type(version) is int and version in (1, 2, 3):
+        state = _upgrade(state)
+    elif version != FORMAT or type(version) is not int:
         raise DlexpError(
             f"{path} has checkpoint format {version!r}, and this dlexp reads formats 1 to "
             f"{FORMAT}. It was written by another version of dlexp: use that version, or "
             "upgrade dlexp (pip install -U dlexp) if it is newer."
         )
+    wrong = _wrong_value(state)
+    if wrong:
+        raise DlexpError(
+            f"{path} is a damaged or altered dlexp checkpoint: {wrong}. It was not used; "
+            "continue from another checkpoint of the run (best.pt or last.pt)."
+        )
     return state
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _wrong_value(state: dict[str, Any]) -> str | None:
+    """What in a loaded checkpoint is not what dlexp writes (None: all is): every stored value
+    is checked before use, a crafted file is refused, not trusted."""
+    import yaml
+
+    try:
+        config = yaml.load(state["config"], Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception:
+        config = None
+    if not isinstance(config, dict) or not all(k in config for k in ("model", "data", "task")):
+        return "its stored config is not a dlexp config"
+    meta = state.get("meta")
+    shapes = {"name": str, "kind": str, "input_shape": list | tuple, "num_classes": int}
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), t) for k, t in shapes.items()):
+        return f"its data description (meta) is {meta!r}"
+    if not all(_count(n) and n > 0 for n in meta["input_shape"]) or not _count(meta["num_classes"]):
+        return f"its data description (meta) has input shape {meta['input_shape']!r}"
+    if not isinstance(state.get("model"), dict) or not all(
+        isinstance(v, torch.Tensor) for v in state["model"].values()
+    ):
+        return "its model weights are not tensors"
+    loop = state.get("loop")
+    if not isinstance(loop, dict):
+        return f"its loop state is {loop!r}"
+    for key in ("epoch", "batch", "step", "seen", "stale"):
+        if not _count(loop.get(key)):
+            return f"its loop.{key} is {loop.get(key)!r} (a whole number >= 0 is written)"
+    if not isinstance(loop.get("best"), float | int) or isinstance(loop.get("best"), bool):
+        return f"its loop.best is {loop.get('best')!r}"
+    sums = loop.get("sums")
+    if not isinstance(sums, dict) or not all(isinstance(v, torch.Tensor) for v in sums.values()):
+        return "its loop.sums are not tensors"
+    return None

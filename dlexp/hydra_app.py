@@ -41,6 +41,36 @@ def check_output_root(args: list[str]) -> None:
         )
 
 
+MAX_JOBS = 100_000  # a sweep's jobs are composed and kept in memory before the first starts
+
+
+def check_grid_size(args: list[str]) -> None:
+    """Refuse a command-line grid of more than MAX_JOBS jobs before anything is composed (Hydra
+    would compose and keep every job first, silently, for minutes)."""
+    if not {"-m", "--multirun"} & set(args):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    total = 1
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+    except Exception:  # (Hydra says what it cannot read)
+        return
+    for override in overrides:
+        sweep = override.value() if override.is_sweep_override() else None
+        if isinstance(sweep, RangeSweep) and sweep.step:
+            total *= max(0, -(-(sweep.stop - sweep.start) // sweep.step))
+        elif isinstance(sweep, ChoiceSweep):
+            total *= len(sweep.list)
+    if total > MAX_JOBS:
+        raise DlexpError(
+            f"this sweep has {total:,} jobs, more than dlexp runs in one sweep ({MAX_JOBS:,}): "
+            "nothing was composed or started. Sweep fewer values, or split the grid into "
+            "several sweeps."
+        )
+
+
 def resume_sweep_args(args: list[str]) -> list[str]:
     """`-m ... sweep.resume=true`: reuse the latest sweep folder made by the same command."""
     if "sweep.resume=true" not in args or not ({"-m", "--multirun"} & set(args)):
@@ -281,6 +311,7 @@ def hydra_train(args: list[str], config_path: str) -> None:
         os.environ["COMP_LINE"] = re.sub(r"^(\S+)\s+train\b", r"\1", line)
     else:
         check_output_root(args)
+        check_grid_size(args)
         args = resume_sweep_args(args)
     # The installed completion script runs `<program> -sc query=...`: name it `dlexp`.
     sys.argv = ["dlexp" if completing else "dlexp train", *args]

@@ -299,3 +299,56 @@ def test_a_sweep_jobs_folder_given_unquoted_gets_the_quoted_command(env, tmp_pat
     assert quoted in err
     code, out, err = cli(capsys, "train", *shlex.split(quoted))
     assert code == 0 and "is complete (1 of 1 epochs)" in out + err
+
+
+def test_a_huge_grid_is_refused_with_its_size_before_anything_is_composed(env, capsys):
+    err = refused(capsys, "train", "-m", "seed=range(1000)", "data.batch_size=range(1,1001)")
+    assert "this sweep has 1,000,000 jobs, more than dlexp runs in one sweep" in err
+    assert not (Path(env["DLEXP_OUTPUTS"]) / "sweeps").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["data.fold=2"], "data.fold=2 picks a validation fold, but data.folds is not set"),
+        (
+            ["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"],
+            "optimizer.nesterov=true needs momentum and no dampening",
+        ),
+    ],
+)
+def test_settings_that_contradict_each_other_are_one_paragraph(args, expected, env, capsys):
+    assert expected in refused(capsys, "train", *args)
+    for launcher in ("basic", "batched"):  # a sweep's job fails with the same words
+        code, _, err = cli(capsys, "train", "-m", *args, "seed=1,2", f"hydra/launcher={launcher}")
+        assert code == 1 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"format": True}, "has checkpoint format True"),
+        ({"loop.epoch": -5}, "its loop.epoch is -5"),
+        ({"loop.stale": "x"}, "its loop.stale is 'x'"),
+        ({"meta.num_classes": "three"}, "its data description (meta) is"),
+        ({"meta.input_shape": [0]}, "input shape [0]"),
+        ({"config": "{{{ not yaml"}, "its stored config is not a dlexp config"),
+        ({"config": "[1, 2]"}, "its stored config is not a dlexp config"),
+    ],
+    ids=lambda v: str(v)[:24],
+)
+def test_a_checkpoint_with_altered_values_is_refused_not_trusted(
+    change, expected, iris_run, env, tmp_path, capsys
+):
+    state = torch.load(iris_run / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in change.items():
+        *parents, leaf = key.split(".")
+        node = state
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    for args in (["eval", f"run={crafted}"], ["train", f"trainer.resume={crafted}"]):
+        err = refused(capsys, *args)
+        assert str(crafted) in err and expected in err

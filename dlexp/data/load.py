@@ -231,6 +231,11 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         _check_fraction("test_fraction", cfg.test_fraction)
         keep, hold = _split(train.y, cfg.test_fraction, seed, classify)
         train, test = train.take(keep), train.take(hold)
+    if cfg.get("fold") and not cfg.get("folds"):  # (a fold sweep would train one split N times)
+        raise DlexpError(
+            f"data.fold={cfg.fold} picks a validation fold, but data.folds is not set: set it "
+            "for k-fold cross-validation (e.g. data.folds=5), or leave data.fold at 0."
+        )
     if cfg.get("folds"):
         keep, hold = _fold(train.y, int(cfg.folds), int(cfg.get("fold", 0)), seed, classify)
     else:
