@@ -46,19 +46,27 @@ MAX_JOBS = 100_000  # a sweep's jobs are composed and kept in memory before the 
 
 def check_grid_size(args: list[str]) -> None:
     """Refuse a command-line grid of more than MAX_JOBS jobs before anything is composed (Hydra
-    would compose and keep every job first, silently, for minutes)."""
+    would compose and keep every job first, silently, for minutes), and an interval that the
+    basic sweeper cannot read."""
     if not {"-m", "--multirun"} & set(args):
         return
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
     total = 1
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
     except Exception:  # (Hydra says what it cannot read)
         return
+    searching = any(a.startswith(("hydra/sweeper=", "experiment=")) for a in args)
     for override in overrides:
         sweep = override.value() if override.is_sweep_override() else None
+        if isinstance(sweep, IntervalSweep) and not searching:  # (the basic sweeper's default)
+            raise DlexpError(
+                f"{override.input_line}: an interval is a range to search, which only a "
+                "searching sweeper reads: add hydra/sweeper=optuna (pip install "
+                f"'dlexp[optuna]'), or give values ({override.key_or_group}=0.001,0.01,0.1)."
+            )
         if isinstance(sweep, RangeSweep) and sweep.step:
             total *= max(0, -(-(sweep.stop - sweep.start) // sweep.step))
         elif isinstance(sweep, ChoiceSweep):

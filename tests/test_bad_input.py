@@ -352,3 +352,52 @@ def test_a_checkpoint_with_altered_values_is_refused_not_trusted(
     for args in (["eval", f"run={crafted}"], ["train", f"trainer.resume={crafted}"]):
         err = refused(capsys, *args)
         assert str(crafted) in err and expected in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty"),
+        ("a,b,label\n", "holds a header row but no data rows"),
+        ("a,a,c,label\n1,2,3,x\n4,5,6,y\n", "the header names 'a' more than once"),
+        ("a,b,label\n1,2,x\n3,4,\n", "line 3: the target column 'label' is ''"),
+        ("a,b,label\n1,2,x\n3,4,nan\n", "line 3: the target column 'label' is 'nan'"),
+        ("a,b,label\n1,nan,x\n3,4,y\n", "line 2, column 'b': 'nan' is not a finite number"),
+        ("a,b,label\n1,1e300,x\n3,4,y\n", "line 2, column 'b': '1e300' is not a finite number"),
+        ("a,b,label\n1,2,x\n3,4,x\n5,6,x\n", "has one class ('x') in its target"),
+    ],
+    ids=["empty", "header-only", "duplicate", "blank-target", "nan-target", "nan", "huge", "one"],
+)
+def test_a_csv_that_cannot_be_right_is_one_paragraph(text, expected, env, tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text(text)
+    args = ["data=csv", f"data.source.path={table}", "data.source.target=label"]
+    assert expected in refused(
+        capsys, "train", *args, "data.test_fraction=0", "data.val_fraction=0"
+    )
+
+
+def test_an_image_too_large_to_decode_is_named(env, tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "pics" / name / "0.png")
+    huge = tmp_path / "pics" / "a" / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)  # (1 bit a pixel: 50 KB on disk)
+    args = ["model=cnn", "data=image_folder", f"data.source.path={tmp_path / 'pics'}"]
+    assert f"{huge} is larger than dlexp decodes" in refused(capsys, "train", *args)
+    assert "data.source.size=0 is not valid" in refused(
+        capsys, "train", *args, "data.source.size=0"
+    )
+
+
+def test_a_model_too_large_for_memory_is_refused_with_its_size(env, capsys):
+    err = refused(capsys, "train", "model.hidden=[200000,200000]")
+    assert "does not fit in memory (149.0 GB for one of its tensors)" in err
+    assert "model.hidden=[200000, 200000]" in err
+
+
+def test_an_interval_without_a_searching_sweeper_is_one_paragraph(env, capsys):
+    err = refused(capsys, "train", "-m", "optimizer.lr=interval(0.001,0.1)")
+    assert "an interval is a range to search" in err and "hydra/sweeper=optuna" in err

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from dlexp.data.core import DataMeta, Raw, Split, tabular
 from dlexp.errors import DlexpError
+from dlexp.settings import Range, Test
 
 
 @tabular
@@ -32,8 +34,21 @@ def csv_table(
             delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
         except csv.Error:
             delimiter = ","
-    header, *rows = (r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r)
+    lines = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
+    if len(lines) < 2:
+        what = "is empty" if not lines else "holds a header row but no data rows"
+        raise DlexpError(
+            f"{file} {what}: dlexp reads a CSV file whose first row names the columns and each "
+            "further row is one sample."
+        )
+    header, *rows = lines
     header = [h.strip() for h in header]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DlexpError(
+            f"{file}: the header names {', '.join(map(repr, twice))} more than once, so a column "
+            "could not be told from another; give every column its own name."
+        )
     if target not in header:
         raise DlexpError(
             f"data.source.target={target!r} is not a column of {file}; its columns are "
@@ -53,18 +68,37 @@ def csv_table(
             )
         for j, col in enumerate(columns):
             try:
-                x[i, j] = float(row[col])
+                with np.errstate(over="ignore"):  # (beyond float32: inf, refused below)
+                    x[i, j] = float(row[col])
             except ValueError:
                 raise DlexpError(
                     f"{file}, line {i + 2}, column {features[j]!r}: {row[col]!r} is not a number. "
                     "dlexp reads numeric features: drop the column "
                     f"(data.source.drop=[{features[j]}]) or encode it as numbers."
                 ) from None
+            if not np.isfinite(x[i, j]):
+                raise DlexpError(
+                    f"{file}, line {i + 2}, column {features[j]!r}: {row[col].strip()!r} is not a "
+                    "finite number a float32 holds (NaN, infinite, or beyond 3.4e38): fill or "
+                    "drop the row, or the column (data.source.drop=[...])."
+                )
     values = [row[header.index(target)].strip() for row in rows]
+    for i, value in enumerate(values):
+        if value == "" or value.lower() in ("nan", "inf", "-inf", "infinity"):
+            raise DlexpError(
+                f"{file}, line {i + 2}: the target column {target!r} is {value!r}; every row "
+                "needs a class or a finite number there (fill or drop the row)."
+            )
     try:
         numbers = [float(v) for v in values]
     except ValueError:
         numbers = None
+    bad = next((i for i, n in enumerate(numbers or []) if not np.isfinite(n)), None)
+    if bad is not None:
+        raise DlexpError(
+            f"{file}, line {bad + 2}: the target column {target!r} is {values[bad]!r}, beyond "
+            "a finite number; fill or drop the row."
+        )
     meta_args = ("csv", "tabular", (len(features),))
     if numbers is not None and any(n != int(n) for n in numbers):  # a quantity: regression
         y = torch.tensor(numbers, dtype=torch.float32).unsqueeze(1)
@@ -75,7 +109,11 @@ def csv_table(
     return Raw(Split(torch.from_numpy(x), y), None, DataMeta(*meta_args, len(names), names))
 
 
-def image_folder(path: str, size: int = 64, channels: int = 3) -> Raw:
+def image_folder(
+    path: str,
+    size: Annotated[int, Range(1, says="a size in pixels >= 1")] = 64,
+    channels: Annotated[int, Test(lambda v: v in (1, 3), "1 (grey) or 3 (colour)")] = 3,
+) -> Raw:
     """<path>/<class name>/<images>: every image resized to size x size, as uint8."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -92,9 +130,7 @@ def image_folder(path: str, size: int = 64, channels: int = 3) -> Raw:
             f"{root} has {len(classes)} class folder(s); it needs one sub-folder of images per "
             "class, at least two (<path>/<class>/<image>.png)."
         )
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
-        raise DlexpError(f"data.source.channels={channels}: use 1 (grey) or 3 (colour).")
+    mode = {1: "L", 3: "RGB"}[channels]
     images, labels = [], []
     for k, name in enumerate(classes):
         files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
@@ -107,6 +143,10 @@ def image_folder(path: str, size: int = 64, channels: int = 3) -> Raw:
             try:
                 with Image.open(file) as im:
                     pixels = im.convert(mode).resize((size, size), Image.BILINEAR)
+            except Image.DecompressionBombError as err:  # (pillow's limit: ~179 megapixels)
+                raise DlexpError(
+                    f"{file} is larger than dlexp decodes ({err}); shrink it or remove it."
+                ) from None
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 raise DlexpError(
                     f"{file} is not a readable image ({err}); remove or replace it."

@@ -8,6 +8,7 @@ patterns to keep fixed, or the only ones to train).
 from __future__ import annotations
 
 import logging
+import re
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -32,7 +33,21 @@ def build_model(
     """Instantiate the `model` config for this data's input shape and `num_outputs` outputs;
     `start_from` is (checkpoint, its model's weights) for `model.init_from` (see load_run)."""
     node = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_ARGUMENTS])
-    model = instantiate(node, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
+    try:
+        model = instantiate(node, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
+    except Exception as err:  # (instantiate wraps what the constructor raised)
+        cause = err.__cause__ or err
+        if not isinstance(cause, MemoryError | RuntimeError) or "allocat" not in str(cause):
+            raise
+        size = re.search(r"allocate (\d+) bytes", str(cause))
+        needs = f" ({int(size.group(1)) / 2**30:,.1f} GB for one of its tensors)" if size else ""
+        settings = ", ".join(
+            f"model.{k}={v}" for k, v in OmegaConf.to_container(node).items() if k != "_target_"
+        )
+        raise DlexpError(
+            f"the model these settings describe does not fit in memory{needs}: {settings}. Use "
+            "smaller layers (model.hidden, model.width, channels); nothing was trained."
+        ) from None
     if start_from is not None:
         copy_matching(model, cfg.init_from, *start_from)
     if cfg.get("freeze") or cfg.get("trainable"):

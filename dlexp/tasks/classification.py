@@ -16,7 +16,12 @@ class Classification(Task):
     monitor = "acc"
 
     def __init__(self, meta: DataMeta, loss: nn.Module | None = None):
-        if meta.num_classes < 2:
+        if meta.num_classes == 1:
+            raise DlexpError(
+                f"data={meta.name} has one class ({(meta.class_names or ['?'])[0]!r}) in its target: a "
+                "classifier needs two or more (check the target column, or data.classes)."
+            )
+        if meta.num_classes < 1:
             raise DlexpError(
                 f"data={meta.name} has no classes, so it cannot be a classification task; "
                 "use task=regression."
