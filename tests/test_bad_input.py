@@ -299,6 +299,8 @@ def test_a_sweep_jobs_folder_given_unquoted_gets_the_quoted_command(env, tmp_pat
     assert quoted in err
     code, out, err = cli(capsys, "train", *shlex.split(quoted))
     assert code == 0 and "is complete (1 of 1 epochs)" in out + err
+    code, out, err = cli(capsys, "eval", f"run={job}")  # (dlexp's own commands take it as is)
+    assert code == 0 and "test/acc" in out + err
 
 
 def test_a_huge_grid_is_refused_with_its_size_before_anything_is_composed(env, capsys):

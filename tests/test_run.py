@@ -223,3 +223,21 @@ def test_a_lock_file_that_is_not_dlexps_is_never_followed_nor_a_traceback(
         assert code == 2 and "run.lock is not a regular file" in err
     else:  # an unreadable record of a holder long gone: taken over
         assert code == 0, err
+
+
+def test_a_resumed_run_writes_the_custom_scalars_layout_once_per_event_file(env, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    run = tmp_path / "run"
+    train(make_cfg("trainer.epochs=2", "trainer.progress=none"), run_dir=run)
+    train(make_cfg("trainer.epochs=5", "trainer.progress=none", f"trainer.resume={run}"))
+    files = sorted(run.glob("events.out.tfevents.*"))
+    layouts = [
+        sum(
+            v.tag == "custom_scalars__config__"
+            for e in EventFileLoader(str(f)).Load()
+            for v in e.summary.value
+        )
+        for f in files
+    ]
+    assert layouts == [1, 1]  # (every epoch after the resume wrote it again before)
