@@ -161,8 +161,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             config=configs[i],
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
-        )
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        )  # (each job configures its own logging, as under Hydra's basic launcher)
     return results
 
 

@@ -16,6 +16,18 @@ from dlexp.cli import compose_train
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _root_logging():
+    """Hydra's own logging config (a launcher configures it per sweep) binds a handler to the
+    sys.stdout of the moment, pytest's capture of one test: the next tests must not log to it."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    root.handlers[:] = before
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """One data root holding every image data set, small, in the real on-disk formats."""
