@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json
+from dlexp.checkpoint import FORMAT, LoopState, save_checkpoint, save_json, yaml_text
 from dlexp.errors import DlexpError
 from dlexp.events import EventWriter, scalars_events
 from dlexp.tasks.base import higher_is_better
@@ -61,7 +61,7 @@ class Records:
         self,
         jobs: list[Job],
         monitor: str,
-        trainer: Any,  # the trainer config (namespace)
+        trainer: Any,  # dlexp.trainer.TrainerSettings
         main: bool = True,
         own_log: bool = False,
     ) -> None:
@@ -253,8 +253,6 @@ class _NullWriter:
 
 
 def _yaml(cfg: DictConfig) -> str:
-    from dlexp.checkpoint import yaml_text
-
     return yaml_text(OmegaConf.to_container(cfg, resolve=True))
 
 

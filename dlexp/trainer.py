@@ -217,7 +217,8 @@ class Trainer:
                     self._report(
                         lambda j, model, data: task.epoch_report(
                             records.writers[j], model, data, step=loop.step
-                        )
+                        ),
+                        np.flatnonzero(records.active),
                     )
                 if weight_log is not None:
                     weight_log.log(records.writers[0], step.model, step.datas[0], loop.step)
@@ -301,11 +302,11 @@ class Trainer:
             metrics[f"val/{key}"] = [row[key] for row in rows]
 
     @torch.inference_mode()
-    def _report(self, report, jobs=None) -> None:
-        """A task's TensorBoard extras for each job (or those given), in eval mode."""
+    def _report(self, report, jobs) -> None:
+        """A task's TensorBoard extras for the given jobs, in eval mode."""
         if not self.dist.main:
             return
-        for j in np.flatnonzero(self.records.active if jobs is None else jobs):
+        for j in jobs:
             report(j, self.step.module(j), self.step.datas[j])
 
     # ------------------------------------------------------- faults and checkpoints
@@ -380,6 +381,9 @@ class Trainer:
     def _finish(self, eval_batch_size: int, seconds: float) -> list[dict[str, Any] | None]:
         """The test split's scores and each job's final records."""
         records, step, task = self.records, self.step, self.task
+        if all(s in ("diverged", "interrupted") for s in records.status):
+            records.close()  # (nothing to score: no job finished)
+            return [None] * step.n
         sums, outputs = step.evaluate("test", eval_batch_size, keep=True)
         test = self._named("test", sums or {}, len(step.datas[0].test))
         finals: list[dict[str, Any] | None] = []
@@ -408,7 +412,7 @@ class Trainer:
                         step=steps,
                         run_dir=records.jobs[j].dir,
                     ),
-                    _only(j, step.n),
+                    [j],
                 )
                 finals.append(records.finish(j, final))
                 split = "test/" if job_test else "train/"  # (per-class values: metrics.json)
@@ -424,9 +428,3 @@ class Trainer:
 
 def _per_job(value: torch.Tensor, count: int) -> list[float]:
     return [v / count for v in value.reshape(-1).tolist()]
-
-
-def _only(j: int, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[j] = True
-    return mask

@@ -403,3 +403,19 @@ def test_a_model_too_large_for_memory_is_refused_with_its_size(env, capsys):
 def test_an_interval_without_a_searching_sweeper_is_one_paragraph(env, capsys):
     err = refused(capsys, "train", "-m", "optimizer.lr=interval(0.001,0.1)")
     assert "an interval is a range to search" in err and "hydra/sweeper=optuna" in err
+
+
+def test_an_experiment_file_from_elsewhere_that_names_code_is_refused(env, tmp_path, capsys):
+    """The same rule for a user's own experiment file (-cd): a nested _target_ that dlexp does
+    not build is refused before anything is built."""
+    marker = tmp_path / "ran"
+    extra = tmp_path / "configs" / "experiment"
+    extra.mkdir(parents=True)
+    (extra / "evil.yaml").write_text(
+        "# @package _global_\n"
+        "model:\n  activation:\n    _target_: subprocess.run\n"
+        f"    args: [touch, '{marker}']\n"
+    )
+    err = refused(capsys, "train", "-cd", str(tmp_path / "configs"), "experiment=evil")
+    assert "model.activation._target_='subprocess.run' is not something dlexp builds" in err
+    assert not marker.exists()
