@@ -93,7 +93,10 @@ TARGETS = {
 BUILDABLE = (
     "dlexp.models.",
     "dlexp.tasks.",
-    "dlexp.data.",
+    "dlexp.data.tabular",  # (the loaders, not the cache or the splitting)
+    "dlexp.data.images",
+    "dlexp.data.files",
+    "dlexp.data.style",
     "dlexp.losses",
     "torch.optim.",
     "torch.nn.",
