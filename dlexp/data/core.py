@@ -55,7 +55,7 @@ class Data:
     test: Split
     meta: DataMeta
     augment: dict = field(default_factory=dict)
-    normalize: str = "standard"  # images: standard (mean/std), unit ([0, 1]) or symmetric ([-1, 1])
+    normalize: str = "standard"  # images: one of NORMALIZE (see scaling)
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def to(self, device: torch.device) -> Data:
@@ -113,14 +113,25 @@ class Data:
 
     def _normaliser(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._norm is None or self._norm[0].device != device:
-            if self.normalize == "standard":
-                mean = torch.tensor(self.meta.mean, device=device).view(1, -1, 1, 1)
-                std = torch.tensor(self.meta.std, device=device).view(1, -1, 1, 1)
-            else:  # unit: [0, 1]; symmetric: [-1, 1]
-                mean = torch.full((1, 1, 1, 1), 0.0 if self.normalize == "unit" else 0.5, device=device)
-                std = torch.full((1, 1, 1, 1), 1.0 if self.normalize == "unit" else 0.5, device=device)
-            self._norm = (-mean / std, 1.0 / (255.0 * std))
+            self._norm = scaling(self.normalize, self.meta, device)
         return self._norm
+
+
+NORMALIZE = ("standard", "unit", "symmetric", "raw")
+
+
+def scaling(normalize: str, meta: DataMeta, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) that map uint8 pixels x to x * scale + shift: standard ((x/255 - mean) /
+    std, the training images' statistics), unit ([0, 1]), symmetric ([-1, 1]) or raw (0..255,
+    as stored: the course's unnormalised MNIST)."""
+    if normalize == "standard":
+        mean = torch.tensor(meta.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(meta.std, device=device).view(1, -1, 1, 1)
+    else:
+        centre, spread = {"unit": (0.0, 1.0), "symmetric": (0.5, 0.5), "raw": (0.0, 1 / 255)}[normalize]
+        mean = torch.full((1, 1, 1, 1), centre, device=device)
+        std = torch.full((1, 1, 1, 1), spread, device=device)
+    return -mean / std, 1.0 / (255.0 * std)
 
 
 def augment(

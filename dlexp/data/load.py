@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from dlexp.data.balance import rebalance
 from dlexp.data.cache import load_raw
-from dlexp.data.core import Data, DataMeta, Split
+from dlexp.data.core import NORMALIZE, Data, DataMeta, Split, scaling
 from dlexp.errors import DlexpError
 from dlexp.settings import Count, Fraction, OneOf, Range
 
@@ -48,7 +48,11 @@ class DataSettings:
     resize: Annotated[int, Range(4, says="a size in pixels >= 4")] | None
     roll: Pixels
     roll_train: bool
-    normalize: Annotated[str, OneOf("standard", "unit", "symmetric")]
+    normalize: Annotated[str, OneOf(*NORMALIZE)]
+    normalize_test: Annotated[str, OneOf(*NORMALIZE)] | None
+    binarize: bool
+    scramble: bool
+    held_out: int | str | None
     standardize: bool
     features: list[Annotated[str, OneOf(*FEATURES)]]
     augment: Augment
@@ -190,9 +194,9 @@ def _check_fraction(key: str, value: float) -> None:
         )
 
 
-def _check_enough(train: Split, meta: DataMeta, cfg: DictConfig) -> None:
+def _check_enough(train: Split, meta: DataMeta, cfg: DictConfig, held_out: bool = False) -> None:
     """A split that leaves too few training samples would train on noise: refuse it as such."""
-    classes = meta.num_classes
+    classes = meta.num_classes - held_out
     present = len(train.y.unique()) if classes and len(train) else 0
     if len(train) >= 2 and (not classes or present == classes):
         return
@@ -223,6 +227,8 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
     train, test = raw.train, raw.test
     if cfg.get("classes"):
         train, test, meta = _keep_classes(train, test, meta, list(cfg.classes))
+    if cfg.get("held_out") is not None:
+        train, test = _held_out(train, test, meta, cfg.held_out)
     if cfg.get("resize") and meta.kind == "image":
         train, test = (_resized(s, int(cfg.resize)) for s in (train, test))
         meta.input_shape = (meta.input_shape[0], int(cfg.resize), int(cfg.resize))
@@ -250,7 +256,7 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
 
     if cfg.get("balance", "none") != "none":  # the training split only
         train = rebalance(train, meta, str(cfg.balance), seed)
-    _check_enough(train, meta, cfg)
+    _check_enough(train, meta, cfg, held_out=cfg.get("held_out") is not None)
     if cfg.get("repeat"):  # epochs of several passes (style transfer: N steps per epoch)
         train = train.take(torch.arange(len(train)).repeat(int(cfg.repeat)))
     if cfg.get("roll"):  # the course's shifted MNIST: images rolled sideways, once each
@@ -259,6 +265,8 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         test = roll(test)
         if cfg.get("roll_train"):
             train, val = roll(train), roll(val)
+    if cfg.get("binarize") or cfg.get("scramble"):
+        train, val, test = (_manipulated(s, cfg, seed) for s in (train, val, test))
     if cfg.get("features"):  # added non-linear features (tabular), before scaling
         train, val, test = (with_features(s, list(cfg.features)) for s in (train, val, test))
         meta.input_shape = (train.x.shape[1],)
@@ -269,6 +277,41 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         train, val, test = (Split((s.x - mu) / sigma, s.y) for s in (train, val, test))
     augment = {k: v for k, v in (cfg.get("augment") or {}).items() if v}
     normalize = cfg.get("normalize", "standard")
-    if normalize not in ("standard", "unit", "symmetric"):
-        raise DlexpError(f"data.normalize={normalize!r} is not known; use standard, unit or symmetric.")
+    if normalize not in NORMALIZE:
+        raise DlexpError(f"data.normalize={normalize!r} is not known; use {', '.join(NORMALIZE)}.")
+    scale_test = cfg.get("normalize_test")
+    if scale_test and scale_test != normalize and meta.kind == "image" and not test.x.is_floating_point():
+        # The test images scaled their own way (DUDL_FFN_CodeChallenge_normalization): stored
+        # as float, which every later step passes through as it is.
+        shift, scale = scaling(scale_test, meta, torch.device("cpu"))
+        test = Split(torch.addcmul(shift, test.x, scale), test.y)
     return Data(train, val, test, meta, augment, normalize)
+
+
+def _held_out(train: Split, test: Split, meta: DataMeta, which) -> tuple[Split, Split]:
+    """One class left out of training (and validation); the test split holds only that class
+    (DUDL_FFN_CodeChallenge_missing7). The net keeps an output for it, never trained."""
+    names = [str(n).lower() for n in meta.class_names]
+    if isinstance(which, int) and 0 <= which < meta.num_classes:
+        k = which
+    elif str(which).lower() in names:
+        k = names.index(str(which).lower())
+    else:
+        raise DlexpError(
+            f"data.held_out={which!r} is not a class of {meta.name}; use one of its classes "
+            f"({', '.join(map(str, meta.class_names))}) or an index 0..{meta.num_classes - 1}."
+        )
+    return train.take(torch.nonzero(train.y != k).flatten()), test.take(torch.nonzero(test.y == k).flatten())
+
+
+def _manipulated(s: Split, cfg: DictConfig, seed: int) -> Split:
+    """The course's MNIST manipulations, the same for every split: binarize (every pixel > 0
+    becomes full white, DUDL_FFN_CodeChallenge_binMNIST) and scramble (one fixed random
+    permutation of the pixels, the same for every image, DUDL_FFN_scrambledMNIST)."""
+    x = s.x
+    if cfg.get("binarize"):
+        x = (x > 0).to(x.dtype) * (1 if x.is_floating_point() else 255)
+    if cfg.get("scramble"):
+        order = torch.randperm(x[0].numel(), generator=torch.Generator().manual_seed(seed + 3))
+        x = x.flatten(1)[:, order].view_as(x)
+    return Split(x, s.y)

@@ -110,6 +110,13 @@ class Classification(Task):
         out: dict[str, float] = {}
         for metric, values in scores.items():
             out.update({f"{metric}/{name}": v for name, v in zip(names, values, strict=True)})
+        if (support > 0).sum() == 1:  # one class tested (data.held_out): what the net calls it
+            out.update(
+                {
+                    f"called/{name}": v
+                    for name, v in zip(names, predicted / support.sum(), strict=True)
+                }
+            )
         for metric, values in scores.items():
             out[f"{metric}_macro"] = values.mean()
             out[f"{metric}_weighted"] = ratio(np.array([values @ support]), support.sum())[0]
