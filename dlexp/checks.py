@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dlexp.errors import DlexpError
+from dlexp.models import NOT_ARGUMENTS
 
 # Keys dlexp reads outside the groups' files (so absent from them, yet not typos).
 OPTIONAL_KEYS = {"requires", "objective", "threads"}
@@ -76,7 +77,7 @@ def _check_settings(cls: type, node: DictConfig, prefix: str) -> None:
 
 # Config nodes built with instantiate, and their keys that are not constructor arguments.
 TARGETS = {
-    "model": ("init_from", "freeze", "trainable"),
+    "model": NOT_ARGUMENTS,
     "task": (),
     "optimizer": ("fused",),
     "optimizer_d": ("fused",),

@@ -87,7 +87,7 @@ def why_not_stacked(cfg: DictConfig) -> str | None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     trainer, data = cfg.trainer, cfg.data
     if any(model.get(k) for k in NOT_ARGUMENTS):
-        return "it starts from another run or freezes layers"
+        return "it sets, freezes or copies layers (model.constant, freeze, trainable, init_from)"
     checks = [
         lambda: _declared(
             model["_target_"], {k: v for k, v in model.items() if k not in NOT_ARGUMENTS}, "model"
@@ -314,7 +314,7 @@ class StackedStep:
     def begin(self, fresh: bool) -> None:
         pass  # (the stacked tasks prepare nothing)
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, epoch: int) -> None:
         pass
 
     def train(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

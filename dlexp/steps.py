@@ -26,6 +26,7 @@ from torch import nn
 from dlexp.data import Data
 from dlexp.device import autocast, autocast_dtype, rng_state, set_rng_state
 from dlexp.distributed import Dist
+from dlexp.models import hold_frozen
 from dlexp.tasks.base import Task
 
 
@@ -130,7 +131,9 @@ class ModuleStep:
         """Once before training (`fresh`: not resumed): the task's own preparation."""
         self.task.begin(self.model, self.datas[0], fresh)
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, epoch: int) -> None:
+        if hasattr(self.model, "dlexp_frozen_until"):
+            hold_frozen(self.model, epoch)
         set_mode(self.model, True)
         self._lr = self.main.param_groups[0]["lr"]
 

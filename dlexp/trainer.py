@@ -250,7 +250,7 @@ class Trainer:
         every_s = 60.0 * (cfg.checkpoint_every_minutes or 0)
         last_save = time.monotonic()
         unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN (no sync per step)
-        step.start_epoch()
+        step.start_epoch(loop.epoch + 1)
         for x, y in step.batches(loop.epoch + 1, loop.batch, batch_size):
             if loop.batch >= steps:
                 break

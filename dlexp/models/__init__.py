@@ -1,8 +1,9 @@
 """Plain nn.Modules sized from the data's metadata; built with hydra's instantiate.
 
-Three keys of a `model` config are not constructor arguments: `init_from` (start from the
-weights of another run, matched by name and shape), `freeze` and `trainable` (parameter-name
-patterns to keep fixed, or the only ones to train).
+Five keys of a `model` config are not constructor arguments: `constant` (parameters set to a
+value, by name pattern), `init_from` (start from the weights of another run, matched by name and
+shape), `freeze` and `trainable` (parameter-name patterns to keep fixed, or the only ones to
+train) and `freeze_epochs` (keep them fixed for the first epochs only).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dlexp.data import DataMeta
 from dlexp.errors import DlexpError
 
 log = logging.getLogger("dlexp")
-NOT_ARGUMENTS = ("init_from", "freeze", "trainable")
+NOT_ARGUMENTS = ("constant", "init_from", "freeze", "trainable", "freeze_epochs")
 
 
 def build_model(
@@ -48,11 +49,66 @@ def build_model(
             f"the model these settings describe does not fit in memory{needs}: {settings}. Use "
             "smaller layers (model.hidden, model.width, channels); nothing was trained."
         ) from None
+    if cfg.get("constant"):
+        set_constant(model, dict(cfg.constant))
     if start_from is not None:
         copy_matching(model, cfg.init_from, *start_from)
     if cfg.get("freeze") or cfg.get("trainable"):
-        freeze(model, list(cfg.get("freeze") or []), cfg.get("trainable"))
+        trainable = cfg.get("trainable")
+        trainable = None if trainable is None else list(trainable)
+        if cfg.get("freeze_epochs"):  # frozen by the trainer while epoch <= freeze_epochs
+            if not isinstance(cfg.freeze_epochs, int) or cfg.freeze_epochs < 1:
+                raise DlexpError(
+                    f"model.freeze_epochs={cfg.freeze_epochs!r} is not valid: give the number of "
+                    "epochs (a whole number >= 1) to keep the frozen layers fixed, or null."
+                )
+            names = frozen_names(model, list(cfg.get("freeze") or []), trainable)
+            model.dlexp_frozen_until = (int(cfg.freeze_epochs), names)
+        else:
+            freeze(model, list(cfg.get("freeze") or []), trainable)
+    elif cfg.get("freeze_epochs"):
+        raise DlexpError(
+            f"model.freeze_epochs={cfg.freeze_epochs} says how long to keep layers frozen, but "
+            "no layer is: name them with model.freeze=[pattern] or model.trainable=[pattern] "
+            "(e.g. model.trainable=[head.*] model.freeze_epochs=50)."
+        )
     return model
+
+
+def set_constant(model: nn.Module, values: dict[str, float]) -> None:
+    """Set every parameter whose name matches a pattern to that value (the course's
+    DUDL_weights_demoinits: one layer's weights at 0, or every parameter at 0 or 1)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern, value in values.items():
+        matched = [p for n, p in model.named_parameters() if fnmatch(n, pattern)]
+        if not matched:
+            raise DlexpError(
+                f"model.constant pattern {pattern!r} matches no parameter; the names are "
+                f"{', '.join(names)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DlexpError(
+                f"model.constant: {pattern}={value!r} is not a number; give each pattern the "
+                "value its parameters start at, e.g. model.constant={body.1.weight:0}."
+            )
+        with torch.no_grad():
+            for p in matched:
+                p.fill_(float(value))
+
+
+def hold_frozen(model: nn.Module, epoch: int) -> None:
+    """model.freeze_epochs: the frozen parameters train from epoch freeze_epochs + 1 on (the
+    optimizer holds them throughout; one without a gradient is left alone). Their batch-norm
+    statistics update all along, as in the course's DUDL_weights_freezeWeights."""
+    until, names = getattr(model, "dlexp_frozen_until", (0, []))
+    frozen = epoch <= until
+    params = dict(model.named_parameters())
+    if names and params[names[0]].requires_grad == frozen:
+        for name in names:
+            params[name].requires_grad_(not frozen)
+        log.info(
+            f"epoch {epoch}: {'froze' if frozen else 'released'} {len(names)} parameter tensors"
+        )
 
 
 def copy_matching(
@@ -95,18 +151,9 @@ def freeze(
     evaluation, whatever mode the rest of the model is in) unless `keep_bn_stats` is false:
     then, as in the course's notebooks (requires_grad=False, net.train()), they still update.
     """
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in [*patterns, *(trainable or [])]:
-        if not any(fnmatch(n, pattern) for n in names):
-            raise DlexpError(
-                f"model.freeze/trainable pattern {pattern!r} matches no parameter; the names are "
-                f"{', '.join(names)}"
-            )
+    frozen = set(frozen_names(model, patterns, trainable))
     for name, p in model.named_parameters():
-        matched = any(fnmatch(name, pat) for pat in patterns)
-        if trainable is not None:
-            matched = not any(fnmatch(name, pat) for pat in trainable)
-        p.requires_grad_(not matched)
+        p.requires_grad_(name not in frozen)
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         if (
@@ -119,6 +166,20 @@ def freeze(
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info(f"trainable parameters: {total - frozen:,}; frozen: {frozen:,}")
+
+
+def frozen_names(model: nn.Module, patterns: list[str], trainable: list[str] | None) -> list[str]:
+    """The parameters that `patterns` freeze (or, with `trainable`, all those it does not name)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in [*patterns, *(trainable or [])]:
+        if not any(fnmatch(n, pattern) for n in names):
+            raise DlexpError(
+                f"model.freeze/trainable pattern {pattern!r} matches no parameter; the names are "
+                f"{', '.join(names)}"
+            )
+    if trainable is not None:
+        return [n for n in names if not any(fnmatch(n, pat) for pat in trainable)]
+    return [n for n in names if any(fnmatch(n, pat) for pat in patterns)]
 
 
 def _eval_mode(module: nn.Module, inputs) -> None:
