@@ -220,7 +220,8 @@ def _wrong_value(state: dict[str, Any]) -> str | None:
     shapes = {"name": str, "kind": str, "input_shape": list | tuple, "num_classes": int}
     if not isinstance(meta, dict) or not all(isinstance(meta.get(k), t) for k, t in shapes.items()):
         return f"its data description (meta) is {meta!r}"
-    if not all(_count(n) and n > 0 for n in meta["input_shape"]) or not _count(meta["num_classes"]):
+    counts = [*meta["input_shape"], meta.get("num_targets", 1)]
+    if not all(_count(n) and n > 0 for n in counts) or not _count(meta["num_classes"]):
         return f"its data description (meta) has input shape {meta['input_shape']!r}"
     if not isinstance(state.get("model"), dict) or not all(
         isinstance(v, torch.Tensor) for v in state["model"].values()

@@ -40,7 +40,8 @@ def test_help_lists_commands_and_config_groups(env, capsys):
         "stylize",
     }
     assert (
-        "data: cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, image_folder"
+        "data: cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, gaussian_classes, "
+            "gaussian_positions, gaussian_widths, image_folder"
         in train_help
     )
 

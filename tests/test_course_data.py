@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import cli, make_cfg
+from conftest import cli, make_cfg, read_tags
+from dlexp.build import load_run
 from dlexp.data import load_data
 from dlexp.run import train
 
@@ -81,3 +83,83 @@ def test_held_out_must_name_a_class(env, capsys):
     code, _, err = cli(capsys, "train", "data=mnist", "data.held_out=seven", "trainer.epochs=1")
     assert code == 2
     assert "data.held_out='seven' is not a class of mnist" in err and "0 - zero" in err
+
+
+def test_gaussian_classes_are_two_widths(env):
+    cfg = make_cfg("data=gaussian_classes", "data.source.noise=0", "data.source.offset=0")
+    raw = load_data(cfg.data, seed=0)
+    x = torch.cat([raw.train.x, raw.test.x])[:, 0]
+    y = torch.cat([raw.train.y, raw.test.y])
+    assert x.shape == (2000, 91, 91) and torch.bincount(y).tolist() == [1000, 1000]
+    axis = torch.linspace(-4, 4, 91)
+    for k, w in enumerate((1.8, 2.4)):  # exp(-r^2 / (2 w^2)), centred when offset=0
+        expected = torch.exp(-(axis.view(1, -1) ** 2 + axis.view(-1, 1) ** 2) / (2 * w**2))
+        assert torch.allclose(x[y == k][0], expected, atol=1e-6)
+    assert raw.meta.class_names == ["width 1.8", "width 2.4"]
+
+
+def test_gaussian_positions_targets_are_centre_and_width(env):
+    cfg = make_cfg("data=gaussian_positions", "data.source.noise=0")
+    data = load_data(cfg.data, seed=1)
+    axis = torch.linspace(-4, 4, 91)
+    x, t = data.train.x[:, 0], data.train.y
+    assert t.shape == (900, 3) and data.meta.num_targets == 3
+    assert t[:, 2].min() >= 5 and t[:, 2].max() <= 15
+    inside = (t[:, :2].abs() < 3.9).all(1)  # the peak is on the grid
+    peak = x[inside].flatten(1).argmax(1)
+    rows, cols = peak // 91, peak % 91
+    step = 8 / 90
+    assert (axis[cols] - t[inside, 0]).abs().max() <= step / 2 + 1e-5  # x: columns
+    assert (axis[rows] - t[inside, 1]).abs().max() <= step / 2 + 1e-5  # y: rows
+
+
+def test_find_gauss_predicts_three_numbers(env, tmp_path, capsys):
+    cfg = make_cfg("experiment=find_gauss", "data.source.n=100", "trainer.epochs=1")
+    metrics = train(cfg, run_dir=tmp_path)
+    weights = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert weights["head.3.weight"].shape == (3, 50)  # 1936 -> 50 -> 3, nothing between
+    # test/corr is Pearson's r of every output pooled, as numpy computes it
+    loaded = load_run(tmp_path)
+    data = load_data(cfg.data, cfg.seed)
+    with torch.no_grad():
+        pred = loaded.model.eval()(data.prepare(data.test.x))
+    assert pred.shape == (10, 3)
+    expected = np.corrcoef(pred.flatten().numpy(), data.test.y.flatten().numpy())[0, 1]
+    assert metrics["test/corr"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["test/loss"] == pytest.approx(
+        float(((pred - data.test.y) ** 2).mean()), rel=1e-4
+    )
+    code, out, err = cli(capsys, "eval", f"run={tmp_path}")  # its stored meta: 3 outputs
+    assert code == 0 and f"test/corr {metrics['test/corr']:.4f}" in out + err
+
+
+def test_gauss_class_net_is_the_notebooks(env):
+    from dlexp.build import build
+
+    model = build(
+        make_cfg("experiment=gauss_class", "data.source.n_per_class=20"), torch.device("cpu")
+    )[2]
+    kinds = [type(m).__name__ for m in model.features[0]]
+    assert kinds == ["Conv2d", "ReLU", "AvgPool2d"]  # pooled after the activation
+    assert [type(m).__name__ for m in model.head] == ["Flatten", "Linear", "Identity", "Linear"]
+    assert model.head[1].in_features == 22 * 22 * 4 and model.head[3].out_features == 1
+    soft = build(
+        make_cfg("experiment=gauss_softcoding", "data.source.n_per_class=20"), torch.device("cpu")
+    )[2]
+    assert soft.features[0][0].kernel_size == (3, 2) and soft.features[0][0].stride == (2, 3)
+    assert soft.head[1].in_features == 6 * 5 * 2  # the notebook's hand-computed size
+
+
+def test_feature_maps_are_drawn_per_block(env, tmp_path):
+    from PIL import Image
+
+    cfg = make_cfg(
+        "experiment=gauss_feature_maps", "data.source.n_per_class=20", "trainer.epochs=1"
+    )
+    train(cfg, run_dir=tmp_path)
+    for name, channels in (("inputs", 1), ("block1", 6), ("block2", 4)):
+        image = Image.open(tmp_path / f"feature_maps_{name}.png")
+        side = {"inputs": 91, "block1": 45, "block2": 22}[name]
+        assert image.size == (channels * (side + 2) + 2, 4 * (side + 2) + 2)  # 4 test images
+    tags = read_tags(tmp_path)
+    assert {"test/feature_maps/block1", "test/feature_maps/block2"} <= set(tags["images"])

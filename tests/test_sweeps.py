@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -35,10 +36,10 @@ EXPERIMENTS = [
 
 
 def values(spec: str) -> list[str]:
-    """A sweep's values: `a,b,c` or Hydra's `range(start, stop[, step])`."""
-    if spec.startswith("range("):
-        return [str(v) for v in range(*map(int, spec[6:-1].split(",")))]
-    return spec.split(",")
+    """A sweep's values as Hydra reads them (`a,b,c`, `range(...)`, lists, dicts), each written
+    back in override syntax."""
+    (sweep,) = OverridesParser.create().parse_overrides([f"key={spec}"])
+    return [Override._get_value_element_as_str(v) for v in sweep.sweep_iterator()]
 
 
 def only_sweep(env) -> Path:

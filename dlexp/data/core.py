@@ -22,6 +22,7 @@ class DataMeta:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     class_weights: tuple[float, ...] = ()  # data.balance=class_weight: the loss's class weights
+    num_targets: int = 1  # regression: values per sample (findGauss: x, y and width)
 
 
 @dataclass

@@ -240,6 +240,76 @@ def stl10(root: str, download: bool = False) -> Raw:
     return Raw(split(train, "train"), split(test, "test"), meta)
 
 
+def _gaussians(
+    n: int, size: int, denominators: torch.Tensor, offset: float, noise: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The course's Gaussian images: on a size x size grid over [-4, 4], exp(-((X-a)^2 + (Y-b)^2)
+    / d) with centre (a, b) ~ N(0, offset^2) and d per image, plus N(0, noise^2) pixel noise.
+    Float images (n, size, size) and their centres (n, 2), x (columns) first."""
+    axis = torch.linspace(-4, 4, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    centre = offset * torch.randn(n, 2, 1, 1, generator=gen)
+    d = denominators.view(n, 1, 1)
+    images = torch.exp(-((xx - centre[:, 0]) ** 2 + (yy - centre[:, 1]) ** 2) / d)
+    return images + noise * torch.randn(images.shape, generator=gen), centre.view(n, 2)
+
+
+def gaussian_classes(
+    n_per_class: int = 1000,
+    size: int = 91,
+    widths: tuple[float, float] = (1.8, 2.4),
+    offset: float = 2.0,
+    noise: float = 0.2,
+    seed: int = 0,
+) -> Raw:
+    """The labelled Gaussians of DUDL_CNN_GaussClass (and FeatureMaps, LinearUnits,
+    Softcoding): the class is the width, exp(-r^2 / (2 w^2)) with w from `widths`, images
+    alternating between the classes, centres ~ N(0, 2^2), noise N(0, 0.2^2)."""
+    gen = torch.Generator().manual_seed(seed)
+    k, n = len(widths), n_per_class * len(widths)
+    labels = torch.arange(n) % k
+    w = torch.tensor([float(v) for v in widths])[labels]
+    images, _ = _gaussians(n, size, 2 * w**2, offset, noise, gen)
+    names = [f"width {v:g}" for v in widths]
+    meta = DataMeta("gaussian_classes", "image", (1, size, size), k, names)
+    return Raw(Split(images.unsqueeze(1), labels), None, meta)
+
+
+def gaussian_positions(
+    n: int = 1000,
+    size: int = 91,
+    widths: tuple[float, float] = (5.0, 15.0),
+    offset: float = 2.0,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> Raw:
+    """The Gaussians of DUDL_CNN_findGauss, with their centre x, y and width as three
+    regression targets: exp(-r^2 / w), w ~ U(widths), centres ~ N(0, 2^2), noise N(0, 0.1^2)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = widths[0] + (widths[1] - widths[0]) * torch.rand(n, generator=gen)
+    images, centre = _gaussians(n, size, w, offset, noise, gen)
+    targets = torch.cat([centre, w.view(n, 1)], 1)
+    meta = DataMeta("gaussian_positions", "image", (1, size, size), 0, num_targets=3)
+    return Raw(Split(images.unsqueeze(1), targets), None, meta)
+
+
+def gaussian_widths(
+    n: int = 3000,
+    size: int = 64,
+    widths: tuple[float, float] = (1.8, 1.8 + 1 / 0.6),
+    offset: float = 2.0,
+    noise: float = 0.2,
+    seed: int = 0,
+) -> Raw:
+    """The Gaussians a GAN learns to draw (DUDL_GAN_CNNganGaus, codeChallengeGaus):
+    exp(-r^2 / (2 w^2)) with w ~ U(widths), centres ~ N(0, 2^2), noise N(0, 0.2^2); no labels."""
+    gen = torch.Generator().manual_seed(seed)
+    w = widths[0] + (widths[1] - widths[0]) * torch.rand(n, generator=gen)
+    images, _ = _gaussians(n, size, 2 * w**2, offset, noise, gen)
+    meta = DataMeta("gaussian_widths", "image", (1, size, size), 0)
+    return Raw(Split(images.unsqueeze(1), torch.zeros(n, dtype=torch.long)), None, meta)
+
+
 def gaussian_blobs(
     n: int = 1000,
     size: int = 91,
@@ -255,12 +325,8 @@ def gaussian_blobs(
     with `bars`, one occluding bar of value 1 (2-5 pixels wide, across or down, at 2..27).
     Float images (1, size, size), used as they are (no uint8 scaling); no classes."""
     gen = torch.Generator().manual_seed(seed)
-    axis = torch.linspace(-4, 4, size)
-    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    w = torch.linspace(widths[0], widths[1], n).view(n, 1, 1)
-    centre = offset * torch.randn(n, 2, 1, 1, generator=gen)
-    images = torch.exp(-((xx - centre[:, 0]) ** 2 + (yy - centre[:, 1]) ** 2) / w)
-    images = images + noise * torch.randn(images.shape, generator=gen)
+    w = torch.linspace(widths[0], widths[1], n)
+    images, _ = _gaussians(n, size, w, offset, noise, gen)
     if bars:
         start = torch.randint(2, 28, (n,), generator=gen)
         width = torch.randint(2, 6, (n,), generator=gen)

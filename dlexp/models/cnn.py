@@ -18,8 +18,10 @@ def conv_block(
 ) -> nn.Sequential:
     """Conv2d -> [max/avg pool] -> [BatchNorm2d] -> activation -> [Dropout2d].
 
-    Pooling before the activation is the course's order (relu(max_pool(conv(x)))); it is
-    also cheaper, since the activation and batch norm then see a quarter of the values.
+    Pooling before the activation is the course's usual order (relu(max_pool(conv(x)))); it is
+    also cheaper, since the activation and batch norm then see a quarter of the values. With
+    `pool_last: true` the block pools after the activation, as the Gaussian notebooks'
+    nn.Sequential (conv, ReLU, AvgPool2d): for average pooling the two orders differ.
     """
     out_ch = spec["channels"]
     layers: list[nn.Module] = [
@@ -34,12 +36,18 @@ def conv_block(
     pool = spec.get("pool")
     if pool not in (None, "max", "avg"):
         raise DlexpError(f"model.blocks: pool={pool!r} is not known; use max, avg or null.")
+    pooling = []
     if pool:
         size = spec.get("pool_size", 2)
-        layers.append(nn.MaxPool2d(size) if pool == "max" else nn.AvgPool2d(size))
+        pooling.append(nn.MaxPool2d(size) if pool == "max" else nn.AvgPool2d(size))
+    last = bool(spec.get("pool_last", False))
+    if not last:
+        layers += pooling
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_ch))
     layers.append(make_activation(activation))
+    if last:
+        layers += pooling
     if dropout:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers)
@@ -53,6 +61,7 @@ class CNN(nn.Module):
         blocks: list[Mapping] = (),
         head: list[int] = (50,),
         activation: str = "relu",
+        head_activation: str | None = None,
         batch_norm: bool = False,
         head_batch_norm: bool = False,
         dropout: Probability = 0.0,
@@ -77,9 +86,20 @@ class CNN(nn.Module):
                     f"({err}). Use fewer blocks, smaller kernels or pools, or more padding."
                 ) from err
         # The course's CNNs normalise after the convs only (EMNIST, the CIFAR milestone).
-        hidden, width = dense_stack(flat, list(head), activation, head_batch_norm, dropout)
+        hidden, width = dense_stack(
+            flat, list(head), head_activation or activation, head_batch_norm, dropout
+        )
         self.head = nn.Sequential(*hidden, nn.Linear(width, num_outputs))
         init_weights(self, init, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each conv block's output (N, channels, h, w) for images x: what the course draws as
+        feature maps (DUDL_CNN_GaussClassFeatureMaps; task.feature_maps shows them)."""
+        maps = []
+        for block in self.features:
+            x = block(x)
+            maps.append(x)
+        return maps

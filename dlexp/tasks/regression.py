@@ -1,4 +1,5 @@
-"""Regression: MSE by default; reports the Pearson correlation of predictions and targets too."""
+"""Regression: MSE by default; reports the Pearson correlation of predictions and targets too
+(of all outputs pooled, when a sample has several targets)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlexp.data import DataMeta
 from dlexp.tasks.base import Task
 
 
 class Regression(Task):
     monitor = "loss"
-    num_outputs = 1
 
-    def __init__(self, meta=None, loss: nn.Module | None = None):
+    def __init__(self, meta: DataMeta | None = None, loss: nn.Module | None = None):
         self.loss_fn = loss
+        self.num_outputs = meta.num_targets if meta is not None else 1
 
     @staticmethod
     def why_not_stacked(loss=None, **settings) -> str | None:
@@ -40,9 +42,9 @@ class Regression(Task):
 
     def summarize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         s = {k: v.double() for k, v in sums.items()}  # (one value per job: see Task)
-        n = max(count, 1)
+        n = max(count, 1) * self.num_outputs  # values: the outputs of several pooled
         cov = s["pt"] / n - s["p"] * s["t"] / n**2
         var = (s["pp"] / n - (s["p"] / n) ** 2) * (s["tt"] / n - (s["t"] / n) ** 2)
         corr = torch.where(var > 0, cov / var.clamp_min(1e-300).sqrt(), 0.0)
-        loss, corr = torch.stack([s["loss"] / n, corr]).tolist()
+        loss, corr = torch.stack([s["loss"] / max(count, 1), corr]).tolist()
         return {"loss": loss, "corr": corr}
