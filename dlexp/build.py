@@ -21,7 +21,7 @@ from dlexp.data.load import DataSettings
 from dlexp.device import DeviceSettings
 from dlexp.errors import DlexpError
 from dlexp.models import build_model
-from dlexp.settings import NonNegative, NonNegativeInt, Positive, Range
+from dlexp.settings import Count, NonNegative, NonNegativeInt, Positive, Range
 from dlexp.tasks import build_task
 from dlexp.tasks.base import Task
 from dlexp.trainer import TrainerSettings
@@ -49,12 +49,21 @@ class SweepSettings:
 
 
 @dataclass
+class ReportSettings:
+    """How `dlexp report` scores a sweep's jobs (read there, stated here)."""
+
+    metric: str | None
+    last: Count
+
+
+@dataclass
 class RunSettings:
     """The top-level keys of `dlexp train`'s config that a run reads."""
 
     seed: NonNegativeInt
     objective: str | None
     sweep: SweepSettings
+    report: ReportSettings
 
 
 # Each group dlexp itself reads, and where its keys' types and ranges are stated (dlexp.checks;

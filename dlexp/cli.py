@@ -182,13 +182,18 @@ def cmd_data(args: list[str]) -> None:
             print(f"  {'':<14} {'':<14} (online), or copy {', '.join(missing)} there")
 
 
-REPORT_HELP = """usage: dlexp report <sweep folder> [metric=val/acc] [plot=true]
+REPORT_HELP = """usage: dlexp report <sweep folder> [metric=val/acc] [last=1] [plot=true]
 
 A table of every job of a sweep (its swept values, final train/val/test metrics, status and
 time), sorted by the metric with the best job marked; writes summary.csv and summary.png (the
 metric against the first swept value, one line per value of the second) into the folder.
 The metric is by default the sweep's objective: the one the jobs' best.pt and the sweeper
 used (val/acc, or val/loss without accuracy), never a test metric unless asked for.
+last=K scores each job by the mean of the metric over its last K epochs, as the course often
+does (metric=train/acc: the training data, where a notebook has no test split). A sweep's
+`report` config (report.metric, report.last) sets both for its summary and for this command.
+When the jobs repeat two settings (a swept seed), a t-test of the two (scipy's ttest_ind) is
+printed and written to ttest.json.
 """
 
 
@@ -196,11 +201,13 @@ def cmd_report(args: list[str]) -> None:
     if asks_help(args, REPORT_HELP, needs_args=True):
         return
     folder, *rest = args
-    opts = parse_pairs(rest, {"metric": ("", "text"), "plot": ("true", "bool")}, "report")
+    opts = parse_pairs(
+        rest, {"metric": ("", "text"), "last": ("0", "count"), "plot": ("true", "bool")}, "report"
+    )
     from dlexp.report import report
 
     with user_errors():
-        report(folder, opts["metric"] or None, plot=opts["plot"] != "false")
+        report(folder, opts["metric"] or None, plot=opts["plot"] != "false", last=int(opts["last"]))
 
 
 WEIGHTS_HELP = """usage: dlexp weights <backbone> [weights=DEFAULT] [download=false]

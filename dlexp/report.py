@@ -94,11 +94,22 @@ def pick_metric(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, bo
     return metric, higher_is_better(metric)
 
 
-def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> list[dict[str, Any]]:
-    """Print the table; write summary.csv (and <metric>.png) into the sweep folder."""
+def report(
+    sweep: str | Path, metric: str | None = None, plot: bool = True, last: int | None = None
+) -> list[dict[str, Any]]:
+    """Print the table; write summary.csv (and <metric>.png) into the sweep folder. `last`:
+    score each job by the mean of the metric's last k epochs (the course's habit), read from
+    its TensorBoard history; metric and last default to the sweep's `report` config."""
     sweep = Path(sweep)
     rows = collect(sweep)
+    stated = _stated(rows)
+    metric = metric or stated.get("metric")
+    last = int(last or stated.get("last") or 1)
+    if last < 1:
+        raise DlexpError(f"last={last}: give the number of final epochs to average, 1 or more.")
     metric, higher = pick_metric(rows, metric)
+    if last > 1:
+        metric = _mean_of_last(rows, metric, last)
     keys = swept_keys(rows)
     done = [r for r in rows if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])]
     best = max(done, key=lambda r: r[metric] if higher else -r[metric]) if done else None
@@ -111,16 +122,66 @@ def report(sweep: str | Path, metric: str | None = None, plot: bool = True) -> l
     if settings is not None:
         _print_settings(settings, metric, higher)
         _write_settings_csv(sweep / "summary_by_setting.csv", settings, metric)
+        if len(settings) == 2 and min(s["n"] for s in settings) >= 2:
+            _t_test(sweep, settings, metric)
     if plot and keys and done:
         _plot(sweep / "summary.png", done, keys, metric, settings)
     return rows
 
 
+def _stated(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `report` settings the sweep's config states (its first job's), if any."""
+    for row in rows:
+        config = row["folder"] / ".hydra" / "config.yaml"
+        if config.is_file():
+            stated = (yaml.safe_load(config.read_text()) or {}).get("report") or {}
+            return stated if isinstance(stated, dict) else {}
+    return {}
+
+
+def _mean_of_last(rows: list[dict[str, Any]], metric: str, k: int) -> str:
+    """Add each finished job's mean of `metric` over its last k recorded epochs, as a new
+    column; its name. A metric recorded once (a test split scored at the end only) has no
+    epochs to average: the error says how to record it every epoch."""
+    from dlexp.record import read_history
+
+    column = f"{metric} last {k}"
+    for row in rows:
+        if row.get(metric) is None:
+            continue
+        values = [h[metric] for h in read_history(row["folder"]) if metric in h]
+        if len(values) < min(k, 2):
+            raise DlexpError(
+                f"last={k}: job {row['job']} recorded {metric} in {len(values)} epoch(s), so "
+                "there are no last epochs to average. Score a split recorded every epoch (train/ "
+                "or val/), or train with trainer.test_every_epoch=true for test/."
+            )
+        tail = values[-k:]
+        row[column] = sum(tail) / len(tail)
+    return column
+
+
+def _t_test(sweep: Path, settings: list[dict], metric: str) -> None:
+    """Two settings with repeated runs: Student's t-test of their values (scipy's ttest_ind, as
+    the course's DUDL_data_featureAugmentation), printed and written to ttest.json."""
+    from scipy import stats
+
+    a, b = settings
+    t, p = stats.ttest_ind(a["values"], b["values"])
+    name = lambda s: ", ".join(f"{k}={v}" for k, v in s["overrides"].items())  # noqa: E731
+    print(
+        f"t-test of {metric}: {name(a)} (mean {a['mean']:.4f}, n={a['n']}) vs {name(b)} "
+        f"(mean {b['mean']:.4f}, n={b['n']}): t={t:.2f}, p={p:.3g}"
+    )
+    result = {"metric": metric, "t": float(t), "p": float(p), "settings": settings}
+    (sweep / "ttest.json").write_text(json.dumps(result, indent=1))
+
+
 def aggregate(rows: list[dict[str, Any]], keys: list[str], metric: str) -> list[dict] | None:
     """Repeated runs of a setting (a swept `seed` or `data.fold`, or jobs with the same
-    overrides): per
-    setting of the other swept keys, n and the metric's mean and standard deviation, as the
-    course averages its repetitions. None when no setting was run more than once."""
+    overrides): per setting of the other swept keys, n, the values and their mean and standard
+    deviation, as the course averages its repetitions. None when no setting was run more than
+    once."""
     setting_keys = [k for k in keys if k not in REPEATS]
     groups: dict[tuple, list[float]] = {}
     for r in rows:
@@ -135,7 +196,13 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str], metric: str) -> list[
         mean = sum(values) / n
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
         settings.append(
-            {"overrides": dict(zip(setting_keys, key, strict=True)), "n": n, "mean": mean, "sd": sd}
+            {
+                "overrides": dict(zip(setting_keys, key, strict=True)),
+                "n": n,
+                "mean": mean,
+                "sd": sd,
+                "values": values,
+            }
         )
     return settings
 
@@ -292,7 +359,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         try:
-            rows = report(Path(config.hydra.sweep.dir), config.get("objective") or None)
+            stated = config.get("report") or {}
+            metric = stated.get("metric") or config.get("objective") or None
+            rows = report(Path(config.hydra.sweep.dir), metric, last=stated.get("last"))
         except DlexpError as err:
             print(f"dlexp: no sweep summary: {err}")
             return

@@ -41,8 +41,7 @@ def test_help_lists_commands_and_config_groups(env, capsys):
     }
     assert (
         "data: cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, gaussian_classes, "
-            "gaussian_positions, gaussian_widths, image_folder"
-        in train_help
+        "gaussian_positions, gaussian_widths, image_folder" in train_help
     )
 
 

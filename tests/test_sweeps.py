@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -311,6 +312,29 @@ def test_report_aggregates_repeated_runs_by_setting(env, tmp_path, capsys):
         assert float(s["sd val/loss"]) == pytest.approx(statistics.stdev(values))
         assert f"{statistics.mean(values):.4f}" in out
     assert (sweep / "summary.png").is_file()
+    # Two settings repeated: Student's t-test of their values, as scipy computes it.
+    ttest = json.loads((sweep / "ttest.json").read_text())
+    by_lr = [
+        [float(r["val/loss"]) for r in rows if r["optimizer.lr"] == lr] for lr in ("0.01", "0.1")
+    ]
+    expected = scipy.stats.ttest_ind(*by_lr)
+    assert ttest["p"] == pytest.approx(expected.pvalue) and abs(ttest["t"]) == pytest.approx(
+        abs(expected.statistic)
+    )
+    assert f"p={expected.pvalue:.3g}" in out
+    # The course's score: the mean of each job's last 3 epochs, from its TensorBoard history.
+    main(["report", str(sweep), "metric=train/acc", "last=3"])
+    out = capsys.readouterr().out
+    rows = {r["job"]: r for r in csv.DictReader((sweep / "summary.csv").open())}
+    for folder in jobs(sweep):
+        history = [h["train/acc"] for h in read_history(folder)]
+        assert len(history) == 5
+        assert float(rows[folder.name]["train/acc last 3"]) == pytest.approx(
+            statistics.mean(history[-3:])
+        )
+    assert "mean train/acc last 3" in out
+    code, _, err = cli(capsys, "report", str(sweep), "metric=test/acc", "last=3")
+    assert code == 2 and "trainer.test_every_epoch=true" in err
 
 
 def test_cnn_dropout_sweep_puts_channel_dropout_after_each_conv_block(env, tmp_path):
