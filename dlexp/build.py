@@ -46,6 +46,7 @@ class OptimizerSettings:
 @dataclass
 class SweepSettings:
     resume: bool
+    fresh_weights: bool
 
 
 @dataclass
@@ -61,6 +62,7 @@ class RunSettings:
     """The top-level keys of `dlexp train`'s config that a run reads."""
 
     seed: NonNegativeInt
+    init_seed: NonNegativeInt | None
     objective: str | None
     sweep: SweepSettings
     report: ReportSettings
@@ -185,6 +187,8 @@ def build(
     if cfg.model.get("init_from"):  # another run's model, rebuilt and checked like any run
         source = load_run(cfg.model.init_from)
         start_from = (source.path, source.model.state_dict())
-    torch.manual_seed(cfg.seed)  # the same initial weights whatever the data loading did
+    # The same initial weights whatever the data loading did; init_seed draws other ones (a
+    # sweep's jobs with sweep.fresh_weights) on the same data.
+    torch.manual_seed(cfg.seed if cfg.get("init_seed") is None else cfg.init_seed)
     model = build_model(cfg.model, data.meta, task.num_outputs, start_from)
     return data, task, model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,9 @@ def _t_test(sweep: Path, settings: list[dict], metric: str) -> None:
     from scipy import stats
 
     a, b = settings
-    t, p = stats.ttest_ind(a["values"], b["values"])
+    with warnings.catch_warnings():  # (values alike to many digits: scipy warns, p is still given)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t, p = stats.ttest_ind(a["values"], b["values"])
     name = lambda s: ", ".join(f"{k}={v}" for k, v in s["overrides"].items())  # noqa: E731
     print(
         f"t-test of {metric}: {name(a)} (mean {a['mean']:.4f}, n={a['n']}) vs {name(b)} "

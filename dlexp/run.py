@@ -336,6 +336,8 @@ def open_run(cfg: DictConfig, run_dir: Path | None = None, log_file: bool = True
         check_config(cfg, SETTINGS)
         if overrides is not None:
             _added_keys_check(cfg, overrides)
+        if cfg.sweep.get("fresh_weights") and in_sweep(hc) and cfg.get("init_seed") is None:
+            cfg.init_seed = cfg.seed + hc.job.num  # (stored in the job's config: what ran)
         resume, resume_path = None, None
         if cfg.trainer.get("resume"):
             resume_path = find_checkpoint(cfg.trainer.resume, "last")

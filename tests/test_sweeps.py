@@ -350,3 +350,40 @@ def test_cnn_dropout_sweep_puts_channel_dropout_after_each_conv_block(env, tmp_p
         assert drops in ([], [0.25, 0.25])
         rates.add(cfg.model.conv_dropout)
     assert rates == {0, 0.25}
+
+
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_fresh_weights_give_each_job_its_own_start(launcher, env, tmp_path):
+    """sweep.fresh_weights: job k starts from init_seed = seed + k (on the same data), stored
+    in its config; without it every job starts from the seed's weights."""
+    starts = {}
+    for fresh in ("false", "true"):
+        out = tmp_path / fresh
+        main(
+            [
+                "train",
+                "-m",
+                f"hydra/launcher={launcher}",
+                f"hydra.sweep.dir={out}",
+                "optimizer=sgd",
+                "optimizer.lr=1e-12",  # the weights stay where they started
+                "optimizer.momentum=0,0.5",
+                f"sweep.fresh_weights={fresh}",
+                "trainer.epochs=1",
+                "trainer.progress=none",
+            ]
+        )
+        done = jobs(out)
+        starts[fresh] = [
+            torch.load(j / "checkpoints" / "last.pt", weights_only=True)["model"] for j in done
+        ]
+        seeds = [
+            yaml.safe_load((j / ".hydra" / "config.yaml").read_text())["init_seed"] for j in done
+        ]
+        assert seeds == ([None, None] if fresh == "false" else [42, 43])
+    shared, fresh = starts["false"], starts["true"]
+    same = lambda a, b: all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)  # noqa: E731
+    assert same(shared[0], shared[1]) and same(fresh[0], shared[0])  # job 0: the seed's
+    assert not torch.allclose(fresh[0]["body.1.weight"], fresh[1]["body.1.weight"], atol=1e-3)
+    _, _, model = build(make_cfg("init_seed=43"), torch.device("cpu"))
+    assert same(model.state_dict(), fresh[1])
