@@ -163,3 +163,42 @@ def test_feature_maps_are_drawn_per_block(env, tmp_path):
         assert image.size == (channels * (side + 2) + 2, 4 * (side + 2) + 2)  # 4 test images
     tags = read_tags(tmp_path)
     assert {"test/feature_maps/block1", "test/feature_maps/block2"} <= set(tags["images"])
+
+
+def _shared(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many samples of b are also (exactly) in a."""
+    seen = {bytes(x.numpy().tobytes()) for x in a}
+    return sum(bytes(x.numpy().tobytes()) in seen for x in b)
+
+
+def test_doubled_samples_before_the_split_leak_into_validation(env):
+    base = ["data=mnist", "data.subset=100", "data.subset_first=true", "data.val_fraction=0.1"]
+    plain = load_data(make_cfg(*base).data, seed=0)
+    assert (len(plain.train), len(plain.val)) == (90, 10)  # N samples, then the split
+    before = load_data(make_cfg(*base, "data.double=before_split").data, seed=0)
+    assert (len(before.train), len(before.val)) == (180, 20)
+    assert _shared(before.train.x, before.val.x) > 0  # twins of training digits
+    after = load_data(make_cfg(*base, "data.double=after_split").data, seed=0)
+    assert (len(after.train), len(after.val)) == (180, 10)
+    assert _shared(after.train.x, after.val.x) == 0 and torch.equal(after.val.x, plain.val.x)
+    assert torch.equal(after.train.x[:90], after.train.x[90:])  # every sample twice
+    assert torch.equal(after.train.y[:90], after.train.y[90:])
+
+
+def test_noisy_copies_are_the_images_plus_uniform_noise(env, capsys):
+    base = ["data=mnist", "data.subset=100", "data.subset_first=true", "data.normalize=unit"]
+    data = load_data(
+        make_cfg(*base, "data.double=after_split", "data.double_noise=0.5").data, seed=0
+    )
+    x = data.train.x
+    assert x.dtype == torch.float32 and len(x) == 180
+    originals, copies = x[:90], x[90:]
+    assert originals.max() <= 1 and torch.equal(originals * 255, originals.mul(255).round())
+    noise = copies - originals
+    assert noise.min() >= 0 and noise.max() < 0.5 and 0.2 < noise.mean() < 0.3
+    batch = next(data.batches(data.train, 180))[0]
+    assert torch.equal(batch, x)  # [0, 1] units, used as they are
+    code, _, err = cli(
+        capsys, "train", *base[:3], "data.double=after_split", "data.double_noise=0.5"
+    )
+    assert code == 2 and "set data.normalize=unit" in err

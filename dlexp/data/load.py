@@ -44,6 +44,9 @@ class DataSettings:
     fold: Annotated[int, Range(0, says="a fold number from 0 to data.folds - 1")]
     balance: Annotated[str, OneOf("none", "oversample", "undersample", "smote", "class_weight")]
     subset: Annotated[int, Range(1, says="a whole number of samples >= 1")] | None
+    subset_first: bool
+    double: Annotated[str, OneOf("none", "before_split", "after_split")]
+    double_noise: Annotated[float, Range(0, says="a number >= 0 (in [0, 1] pixel units)")]
     repeat: Count | None
     resize: Annotated[int, Range(4, says="a size in pixels >= 4")] | None
     roll: Pixels
@@ -242,17 +245,25 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
             f"data.fold={cfg.fold} picks a validation fold, but data.folds is not set: set it "
             "for k-fold cross-validation (e.g. data.folds=5), or leave data.fold at 0."
         )
+    subset, first = cfg.get("subset"), cfg.get("subset_first")
+    if subset and first:  # N samples, then the validation split (the course's notebooks)
+        train = train.take(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:subset])
+    double = cfg.get("double", "none")
+    if double == "before_split":  # the copies leak into the validation split
+        train = _doubled(train, meta, cfg, seed)
     if cfg.get("folds"):
         keep, hold = _fold(train.y, int(cfg.folds), int(cfg.get("fold", 0)), seed, classify)
     else:
         keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
     train, val = train.take(keep), train.take(hold)
 
-    if cfg.get("subset"):
+    if subset and not first:
         gen = torch.Generator().manual_seed(seed)
         train, val, test = (
-            s.take(torch.randperm(len(s), generator=gen)[: cfg.subset]) for s in (train, val, test)
+            s.take(torch.randperm(len(s), generator=gen)[:subset]) for s in (train, val, test)
         )
+    if double == "after_split":
+        train = _doubled(train, meta, cfg, seed)
 
     if cfg.get("balance", "none") != "none":  # the training split only
         train = rebalance(train, meta, str(cfg.balance), seed)
@@ -286,6 +297,24 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         shift, scale = scaling(scale_test, meta, torch.device("cpu"))
         test = Split(torch.addcmul(shift, test.x, scale), test.y)
     return Data(train, val, test, meta, augment, normalize)
+
+
+def _doubled(s: Split, meta: DataMeta, cfg: DictConfig, seed: int) -> Split:
+    """Every sample twice (DUDL_data_oversampling); with double_noise the copies get uniform
+    noise in [0, double_noise) on every value (DUDL_data_noiseAugmentation: pixels in [0, 1],
+    so images become floats in those units, which data.normalize=unit keeps them in)."""
+    noise = float(cfg.get("double_noise") or 0)
+    x = s.x
+    if noise and meta.kind == "image" and not x.is_floating_point():
+        if cfg.get("normalize") != "unit":
+            raise DlexpError(
+                f"data.double_noise={noise} adds noise in [0, 1] pixel units, so the images are "
+                f"used in those units: set data.normalize=unit (it is {cfg.get('normalize')})."
+            )
+        x = x.float() / 255
+    gen = torch.Generator().manual_seed(seed + 4)
+    copies = x + noise * torch.rand(x.shape, generator=gen) if noise else x
+    return Split(torch.cat([x, copies]), torch.cat([s.y, s.y]))
 
 
 def _held_out(train: Split, test: Split, meta: DataMeta, which) -> tuple[Split, Split]:
