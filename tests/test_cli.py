@@ -40,7 +40,7 @@ def test_help_lists_commands_and_config_groups(env, capsys):
         "stylize",
     }
     assert (
-        "data: cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, gaussian_classes, "
+        "data: bars, cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, gaussian_classes, "
         "gaussian_positions, gaussian_widths, image_folder" in train_help
     )
 

@@ -202,3 +202,13 @@ def test_noisy_copies_are_the_images_plus_uniform_noise(env, capsys):
         capsys, "train", *base[:3], "data.double=after_split", "data.double_noise=0.5"
     )
     assert code == 2 and "set data.normalize=unit" in err
+
+
+def test_bars_are_horizontal_or_vertical_by_class(env):
+    raw = load_data(make_cfg("data=bars", "data.source.n=200").data, seed=0)
+    x, y = torch.cat([raw.train.x, raw.test.x])[:, 0], torch.cat([raw.train.y, raw.test.y])
+    full_rows = (x == 1).all(2).sum(1)  # rows of 1s: a horizontal bar's 2-5
+    full_cols = (x == 1).all(1).sum(1)
+    assert ((full_rows >= 2) & (full_rows <= 5))[y == 0].all() and (full_cols[y == 0] == 0).all()
+    assert ((full_cols >= 2) & (full_cols <= 5))[y == 1].all() and (full_rows[y == 1] == 0).all()
+    assert 60 < int(y.sum()) < 140 and raw.meta.class_names == ["horizontal", "vertical"]

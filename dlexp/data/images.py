@@ -310,6 +310,24 @@ def gaussian_widths(
     return Raw(Split(images.unsqueeze(1), torch.zeros(n, dtype=torch.long)), None, meta)
 
 
+def bars(n: int = 2000, size: int = 30, seed: int = 0) -> Raw:
+    """DUDL_CNNmilestone_project4's images: N(0, 1) noise with one bar of 1s, 2-5 pixels wide
+    at 2..27, across (class 0, horizontal) or down (class 1, vertical) with equal chance."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, size, size, generator=gen)
+    start = torch.randint(2, 28, (n,), generator=gen)
+    width = torch.randint(2, 6, (n,), generator=gen)
+    down = torch.randn(n, generator=gen) <= 0
+    for i in range(n):
+        band = slice(int(start[i]), int(start[i] + width[i]))
+        if down[i]:
+            images[i, :, band] = 1.0
+        else:
+            images[i, band, :] = 1.0
+    meta = DataMeta("bars", "image", (1, size, size), 2, ["horizontal", "vertical"])
+    return Raw(Split(images.unsqueeze(1), down.long()), None, meta)
+
+
 def gaussian_blobs(
     n: int = 1000,
     size: int = 91,
