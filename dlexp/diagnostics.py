@@ -3,10 +3,13 @@
 Every epoch: a histogram of each parameter and of its last gradient, each parameter's change
 since the previous epoch (the norm of the difference), the condition number of each weight
 matrix (DUDL_weights_weightchanges' plots) and its gradient norm as scalars; for conv nets, the first conv layer's kernels and its feature
-maps for one fixed test image as images.
+maps for one fixed test image as images. `show_feature_maps` (task.feature_maps): every conv
+block's maps for the first test images, at the end.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,3 +71,18 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     low = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
     high = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
     return (x - low) / (high - low).clamp_min(1e-12)
+
+
+def show_feature_maps(writer, model: nn.Module, data, n: int, step: int, run_dir: Path) -> None:
+    """The first n test images and every conv block's maps for them (a row per image, a column
+    per channel, each map scaled to its own range), in TensorBoard and as PNG files."""
+    from torchvision.utils import make_grid, save_image
+
+    x = data.prepare(data.test.x[:n])
+    with torch.no_grad():
+        maps = model.feature_maps(x)
+    for name, m in [("inputs", x), *((f"block{i}", m) for i, m in enumerate(maps, 1))]:
+        tiles = m.detach().float().cpu().flatten(0, 1).unsqueeze(1)
+        grid = make_grid(_unit(tiles), nrow=m.shape[1], pad_value=1.0)
+        writer.add_image(f"test/feature_maps/{name}", grid, step)
+        save_image(grid, run_dir / f"feature_maps_{name}.png")

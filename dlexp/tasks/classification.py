@@ -137,6 +137,8 @@ class Classification(Task):
         """The test set's confusion matrix (TensorBoard and confusion_matrix.png) and a
         precision-recall curve per class."""
         if self.feature_maps and hasattr(model, "feature_maps"):
+            from dlexp.diagnostics import show_feature_maps
+
             show_feature_maps(writer, model, data, self.feature_maps, step, run_dir)
         if outputs is None:
             return
@@ -164,21 +166,6 @@ class Classification(Task):
         )
         summary = Summary(value=[Summary.Value(tag="test/confusion_matrix", image=encoded)])
         writer.file_writer.add_summary(summary, step)
-
-
-def show_feature_maps(writer, model: nn.Module, data, n: int, step: int, run_dir) -> None:
-    """The first n test images and every conv block's maps for them (a row per image, a column
-    per channel, each map scaled to its own range), in TensorBoard and as PNG files."""
-    from torchvision.utils import make_grid, save_image
-
-    x = data.prepare(data.test.x[:n])
-    with torch.no_grad():
-        maps = model.feature_maps(x)
-    for name, m in [("inputs", x), *((f"block{i}", m) for i, m in enumerate(maps, 1))]:
-        tiles = m.detach().float().cpu().flatten(0, 1).unsqueeze(1)
-        grid = make_grid(tiles, nrow=m.shape[1], normalize=True, scale_each=True, pad_value=1.0)
-        writer.add_image(f"test/feature_maps/{name}", grid, step)
-        save_image(grid, run_dir / f"feature_maps_{name}.png")
 
 
 _FIGURES: dict[tuple, tuple] = {}  # per class list: the figure and its drawn frame
