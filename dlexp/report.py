@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover
     Callback = object
 
 
+SCORES = ("train/", "val/", "test/", "weights/")  # metrics.json's keys that the table shows
+
+
 def _value(text: str) -> Any:
     """An override's value as a number when it is one (for sorting and plotting)."""
     try:
@@ -54,9 +57,7 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
             row["monitor"] = metrics.get("monitor")
             if row["status"] in ("failed", "diverged"):
                 row["reason"] = metrics.get("message", "")
-            row.update(
-                {k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))}
-            )
+            row.update({k: v for k, v in metrics.items() if k.startswith(SCORES)})
         else:
             row["status"] = "running"
         rows.append(row)
@@ -240,9 +241,7 @@ def _write_settings_csv(path: Path, settings: list[dict], metric: str) -> None:
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     order = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
     present = {k for r in rows for k in r}
-    extra = sorted(
-        k for k in present if k.startswith(("train/", "val/", "test/")) and k not in order
-    )
+    extra = sorted(k for k in present if k.startswith(SCORES) and k not in order)
     return [k for k in order if k in present] + extra
 
 

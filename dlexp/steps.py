@@ -42,6 +42,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def mean_abs_weight(model: nn.Module) -> float:
+    """The mean absolute value of a model's weights, biases excluded: the quantity the L1 term
+    (trainer.l1) penalises, so that a sweep shows the penalty acting (trainer.weight_stats)."""
+    weights = [p.detach() for n, p in model.named_parameters() if n.endswith("weight")]
+    count = sum(w.numel() for w in weights)
+    return float(sum(w.abs().sum() for w in weights) / max(count, 1))
+
+
 _MODAL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 

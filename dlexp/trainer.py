@@ -34,6 +34,7 @@ from dlexp.errors import DlexpError
 from dlexp.progress import Progress
 from dlexp.record import Records
 from dlexp.settings import Count, NonNegative, OneOf, Range
+from dlexp.steps import mean_abs_weight
 from dlexp.tasks.base import Task
 
 log = logging.getLogger("dlexp")
@@ -72,6 +73,7 @@ class TrainerSettings:
     max_steps_per_epoch: Count | None
     eval_before: bool
     log_weights: bool
+    weight_stats: bool
     report_every_epochs: Annotated[int, Range(1, says="a whole number of epochs >= 1")] | None
     test_every_epoch: bool
     checkpoint: bool
@@ -402,6 +404,8 @@ class Trainer:
                     records.job_scalars(j, job_test, steps)
                 final = {**records.job_metrics(j), **job_test, "epochs": epochs, "steps": steps}
                 final["time_s"] = seconds
+                if self.cfg.weight_stats:
+                    final["weights/mean_abs"] = mean_abs_weight(step.module(j))
                 out = None if outputs is None else outputs[j]
                 self._report(
                     lambda j, model, data, out=out, steps=steps: task.final_report(

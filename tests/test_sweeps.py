@@ -387,3 +387,30 @@ def test_fresh_weights_give_each_job_its_own_start(launcher, env, tmp_path):
     assert not torch.allclose(fresh[0]["body.1.weight"], fresh[1]["body.1.weight"], atol=1e-3)
     _, _, model = build(make_cfg("init_seed=43"), torch.device("cpu"))
     assert same(model.state_dict(), fresh[1])
+
+
+def test_l1_sweep_reports_the_weights_it_shrinks(env):
+    """weights/mean_abs: the mean absolute weight (biases excluded), falling with lambda."""
+    out = Path(env["DLEXP_OUTPUTS"]) / "l1"
+    quick = ["trainer.epochs=20", "trainer.progress=none", "sweep.fresh_weights=false"]
+    main(
+        [
+            "train",
+            "-m",
+            "experiment=l1_sweep",
+            "trainer.l1=0,0.5,5",
+            f"hydra.sweep.dir={out}",
+            *quick,
+        ]
+    )
+    sizes = []
+    for folder in jobs(out):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["model"]
+        weights = [v for k, v in state.items() if k.endswith("weight")]
+        expected = sum(w.abs().sum() for w in weights) / sum(w.numel() for w in weights)
+        assert metrics["weights/mean_abs"] == pytest.approx(float(expected), rel=1e-6)
+        sizes.append(metrics["weights/mean_abs"])
+    assert sizes[0] > sizes[1] > sizes[2]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert "weights/mean_abs" in rows[0]
