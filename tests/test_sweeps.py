@@ -36,6 +36,10 @@ EXPERIMENTS = [
 ]
 
 
+# Files that only train another file's experiment longer: composed, not trained again.
+LONGER = {"ae_cifar10_milestone": "ae_cifar10_cnn"}
+
+
 def values(spec: str) -> list[str]:
     """A sweep's values as Hydra reads them (`a,b,c`, `range(...)`, lists, dicts), each written
     back in override syntax."""
@@ -62,9 +66,13 @@ def test_every_experiment_runs(name, env, tmp_path):
     cfg = compose_train(f"experiment={name}", hydra=True)
     assert_states_survive(config_dir() / "experiment" / f"{name}.yaml", cfg)
     params = dict(cfg.hydra.sweeper.params or {})
-    if name.endswith("_quick"):  # a lighter look at a file tested in full: it composes, lighter
-        full = compose_train(f"experiment={name.removesuffix('_quick')}", hydra=True)
-        assert params != dict(full.hydra.sweeper.params) or cfg.trainer.epochs < full.trainer.epochs
+    parent = LONGER.get(name, name.removesuffix("_quick"))
+    if parent != name:  # a lighter (or longer) look at a file tested in full: it composes
+        full = compose_train(f"experiment={parent}", hydra=True)
+        assert (
+            params != dict(full.hydra.sweeper.params or {})
+            or cfg.trainer.epochs != full.trainer.epochs
+        )
         return
     quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.progress=none"]
     if name in STARTS_FROM:  # these continue another run: make that one first
@@ -72,8 +80,13 @@ def test_every_experiment_runs(name, env, tmp_path):
         quick.append(f"model.init_from={tmp_path / 'source'}")
     if name.startswith("stl10_"):  # no ImageNet weights offline
         quick += ["model.weights=none", "model.resize=32"]
-    if name.startswith("dcgan_"):  # the architecture at a fraction of the width
+    if name.startswith("dcgan_") or name == "gan_gauss":  # the architecture, a fraction as wide
         quick.append("model.channels=[32,16,8,4]")
+    source = cfg.data.get("source") or {}
+    if "n_per_class" in source and name.startswith("gauss_"):  # generated: fewer images
+        quick.append("data.source.n_per_class=50")
+    elif "n" in source and cfg.data.name.startswith(("gaussian_", "bars")):
+        quick.append("data.source.n=100")
     if name.startswith("style_"):  # (AlexNet's strides need 64 px)
         quick += ["model.weights=none", "data.size=64", "data.repeat=2"]
     if not params:  # (plain values: set on the composed config, as Hydra would set them)
