@@ -425,6 +425,7 @@ NOT_HERE = {  # experiment: (what it needs, the course's number, its source)
     "style_transfer": ("VGG19's ImageNet weights", "", ""),
     "style_alexnet": ("AlexNet's ImageNet weights", "", ""),
     "gan_gauss": ("a GPU: a full-size DCGAN for 43 epochs", "", ""),
+    "gan_gauss_challenge": ("a GPU: 300 epochs of a GAN", "", ""),
 }
 
 

@@ -134,3 +134,32 @@ def test_gradient_clipping_applies_to_both_gan_optimizers(clip, env, tmp_path):
         assert max(norm for _, norm in seen) > 0.05
     else:
         assert all(norm <= clip * 1.0001 for _, norm in seen)
+
+
+def test_dcgan_strides_make_the_gaussian_challenges_net(env, capsys):
+    """experiment=gan_gauss_challenge: DUDL_GAN_codeChallengeGaus's three-layer nets."""
+    from dlexp.build import build
+
+    _, _, model = build(
+        make_cfg("experiment=gan_gauss_challenge", "data.source.n=20"), torch.device("cpu")
+    )
+    convs = [m for m in model.generator if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels, m.stride, m.padding) for m in convs] == [
+        (100, 256, (4, 4), (0, 0)),
+        (256, 128, (4, 4), (0, 0)),
+        (128, 1, (4, 4), (0, 0)),
+    ]
+    convs = [m for m in model.discriminator if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.out_channels, m.stride) for m in convs] == [(64, (3, 3)), (128, (3, 3)), (1, (3, 3))]
+    assert model.generator(torch.randn(2, 100)).shape == (2, 1, 64, 64)
+    default = build(
+        make_cfg("model=dcgan", "data=gaussian_widths", "data.source.n=20"), torch.device("cpu")
+    )[2]
+    strides = [m.stride[0] for m in default.generator if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert strides == [1, 2, 2, 2, 2]  # DCGAN's layout unchanged
+    code, _, err = cli(capsys, "train", "experiment=gan_gauss_challenge", "model.d_stride=2")
+    assert (
+        code == 2
+        and "model.d_stride" not in err
+        and "it must make (1, 64, 64)" in " ".join(err.split())
+    )
