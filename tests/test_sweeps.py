@@ -405,7 +405,7 @@ def test_fresh_weights_give_each_job_its_own_start(launcher, env, tmp_path):
 def test_l1_sweep_reports_the_weights_it_shrinks(env):
     """weights/mean_abs: the mean absolute weight (biases excluded), falling with lambda."""
     out = Path(env["DLEXP_OUTPUTS"]) / "l1"
-    quick = ["trainer.epochs=20", "trainer.progress=none", "sweep.fresh_weights=false"]
+    quick = ["trainer.epochs=5", "trainer.progress=none", "sweep.fresh_weights=false"]
     main(
         [
             "train",
