@@ -14,6 +14,7 @@ The engine (dlexp.trainer) calls it; the step (dlexp.steps) holds the tensors it
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -264,7 +265,9 @@ def layout(writer, metrics: dict[str, Any]) -> None:
         name = key.partition("/")[2]
         if key.startswith("train/") and f"val/{name}" in metrics:
             tags = [f"{split}/{name}" for split in ("train", "val", "test")]
-            charts[name] = ["Multiline", [t for t in tags if t in metrics]]
+            # TensorBoard reads these as regular expressions: anchored, so that train/loss does
+            # not also collect train/loss_step
+            charts[name] = ["Multiline", [f"^{re.escape(t)}$" for t in tags if t in metrics]]
     if charts:
         writer.add_custom_scalars({"train vs validation": charts})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, make_cfg, read_scalars
+from conftest import cli, make_cfg, read_scalars, read_tags
 from dlexp.checkpoint import load_checkpoint
 from dlexp.errors import DlexpError
 from dlexp.record import read_history
@@ -241,3 +241,30 @@ def test_a_resumed_run_writes_the_custom_scalars_layout_once_per_event_file(env,
         for f in files
     ]
     assert layouts == [1, 1]  # (every epoch after the resume wrote it again before)
+
+
+def test_the_custom_scalars_charts_match_only_their_own_tags(env, tmp_path):
+    """TensorBoard reads a chart's tags as regular expressions: train/loss must not collect
+    train/loss_step."""
+    import re
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    train(
+        make_cfg("trainer.epochs=1", "trainer.progress=none", "trainer.log_every_steps=1"),
+        run_dir=tmp_path,
+    )
+    (config,) = [
+        v.tensor.string_val[0]
+        for f in tmp_path.glob("events.out.tfevents.*")
+        for e in EventFileLoader(str(f)).Load()
+        for v in e.summary.value
+        if v.tag == "custom_scalars__config__"
+    ]
+    layout = layout_pb2.Layout.FromString(config)
+    tags = set(read_tags(tmp_path)["scalars"])
+    assert "train/loss_step" in tags
+    (loss,) = [c for c in layout.category[0].chart if c.title == "loss"]
+    matched = {t for t in tags for r in loss.multiline.tag if re.search(r, t)}
+    assert {"train/loss", "val/loss"} <= matched <= {"train/loss", "val/loss", "test/loss"}
