@@ -160,6 +160,7 @@ def test_data_command_lists_presence_and_location(env, tmp_path, capsys):
     assert "dlexp train data=cifar10 data.download=true" in empty
 
 
+@pytest.mark.slow  # a virtual environment and a wheel install (~12 s); CI's own install is editable
 def test_non_editable_install_runs_from_anywhere(tmp_path):
     """`pip install .` into a fresh venv (reusing this env's torch) ships the configs too."""
     venv = tmp_path / "venv"
