@@ -148,20 +148,22 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def _class_index(meta: DataMeta, item, key: str) -> int:
+    """A class given by name (any case) or by index, as its index."""
+    names = [str(n).lower() for n in meta.class_names]
+    if isinstance(item, int) and 0 <= item < meta.num_classes:
+        return item
+    if str(item).lower() in names:
+        return names.index(str(item).lower())
+    raise DlexpError(
+        f"{key}={item!r} is not a class of {meta.name}; its classes are "
+        f"{', '.join(map(str, meta.class_names))} (or their indices 0..{meta.num_classes - 1})."
+    )
+
+
 def _keep_classes(train: Split, test: Split | None, meta: DataMeta, wanted: list) -> tuple:
     """Keep only the listed classes (by name, any case, or by index), relabelled 0..k-1."""
-    lower = [n.lower() for n in meta.class_names]
-    keep = []
-    for item in wanted:
-        if isinstance(item, int) and 0 <= item < meta.num_classes:
-            keep.append(item)
-        elif str(item).lower() in lower:
-            keep.append(lower.index(str(item).lower()))
-        else:
-            raise DlexpError(
-                f"data.classes: {item!r} is not a class of {meta.name}; its classes are "
-                f"{', '.join(meta.class_names)} (or their indices 0..{meta.num_classes - 1})."
-            )
+    keep = [_class_index(meta, item, "data.classes") for item in wanted]
     table = torch.full((meta.num_classes,), -1, dtype=torch.long)
     table[torch.tensor(keep)] = torch.arange(len(keep))
 
@@ -320,16 +322,7 @@ def _doubled(s: Split, meta: DataMeta, cfg: DictConfig, seed: int) -> Split:
 def _held_out(train: Split, test: Split, meta: DataMeta, which) -> tuple[Split, Split]:
     """One class left out of training (and validation); the test split holds only that class
     (DUDL_FFN_CodeChallenge_missing7). The net keeps an output for it, never trained."""
-    names = [str(n).lower() for n in meta.class_names]
-    if isinstance(which, int) and 0 <= which < meta.num_classes:
-        k = which
-    elif str(which).lower() in names:
-        k = names.index(str(which).lower())
-    else:
-        raise DlexpError(
-            f"data.held_out={which!r} is not a class of {meta.name}; use one of its classes "
-            f"({', '.join(map(str, meta.class_names))}) or an index 0..{meta.num_classes - 1}."
-        )
+    k = _class_index(meta, which, "data.held_out")
     return train.take(torch.nonzero(train.y != k).flatten()), test.take(torch.nonzero(test.y == k).flatten())
 
 
