@@ -93,12 +93,12 @@ def mean_of(key: str, label: str) -> Callable[[list[Job]], Scores]:
 def last(key: str, k: int, setting: str, fmt: str = "{}") -> Callable[[list[Job]], Scores]:
     """Per setting, the mean over its jobs of each job's mean `key` over its last k epochs
     (the course's score; from the jobs' TensorBoard histories)."""
-    from dlexp.record import read_history
+    from dlexp.report import recorded
 
     def score(jobs: list[Job]) -> Scores:
         groups: dict[str, list[float]] = {}
         for cfg, m in jobs:
-            tail = [h[key] for h in read_history(m["folder"]) if key in h][-k:]
+            tail = recorded(m["folder"], key)[-k:]
             value = OmegaConf.select(cfg, setting)
             if OmegaConf.is_list(value):  # a list of layer sizes: "5 x 16"
                 value = f"{len(value)} x {value[0]}"

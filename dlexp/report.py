@@ -145,13 +145,11 @@ def _mean_of_last(rows: list[dict[str, Any]], metric: str, k: int) -> str:
     """Add each finished job's mean of `metric` over its last k recorded epochs, as a new
     column; its name. A metric recorded once (a test split scored at the end only) has no
     epochs to average: the error says how to record it every epoch."""
-    from dlexp.record import read_history
-
     column = f"{metric} last {k}"
     for row in rows:
         if row.get(metric) is None:
             continue
-        values = [h[metric] for h in read_history(row["folder"]) if metric in h]
+        values = recorded(row["folder"], metric)
         if len(values) < min(k, 2):
             raise DlexpError(
                 f"last={k}: job {row['job']} recorded {metric} in {len(values)} epoch(s), so "
@@ -161,6 +159,13 @@ def _mean_of_last(rows: list[dict[str, Any]], metric: str, k: int) -> str:
         tail = values[-k:]
         row[column] = sum(tail) / len(tail)
     return column
+
+
+def recorded(run_dir: str | Path, metric: str) -> list[float]:
+    """A run's values of `metric`, one per recorded epoch (its TensorBoard history)."""
+    from dlexp.record import read_history
+
+    return [h[metric] for h in read_history(run_dir) if metric in h]
 
 
 def _t_test(sweep: Path, settings: list[dict], metric: str) -> None:
