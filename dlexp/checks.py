@@ -22,7 +22,6 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dlexp.errors import DlexpError
-from dlexp.models import NOT_ARGUMENTS
 
 # Keys dlexp reads outside the groups' files (so absent from them, yet not typos).
 OPTIONAL_KEYS = {"requires", "objective", "threads"}
@@ -77,7 +76,7 @@ def _check_settings(cls: type, node: DictConfig, prefix: str) -> None:
 
 # Config nodes built with instantiate, and their keys that are not constructor arguments.
 TARGETS = {
-    "model": NOT_ARGUMENTS,
+    "model": (),  # dlexp.models.NOT_ARGUMENTS, read where used (importing it imports torch)
     "task": (),
     "optimizer": ("fused",),
     "optimizer_d": ("fused",),
@@ -138,7 +137,9 @@ def check_targets(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     check_buildable(cfg)
-    for prefix, not_arguments in TARGETS.items():
+    from dlexp.models import NOT_ARGUMENTS
+
+    for prefix, not_arguments in {**TARGETS, "model": NOT_ARGUMENTS}.items():
         node = OmegaConf.select(cfg, prefix)
         if not isinstance(node, DictConfig) or node.get("_target_") is None:
             continue  # not built, or off (scheduler=none)
