@@ -187,9 +187,9 @@ def _run_group(configs: list[DictConfig], tasks: list[DictConfig], context) -> l
     from hydra.core.hydra_config import HydraConfig
 
     from dlexp.checkpoint import one_sync
+    from dlexp.fit import fit
     from dlexp.hydra_app import sweep_job_failed
     from dlexp.run import IN_HYDRA_JOB, objective, open_run
-    from dlexp.train import fit
     from dlexp.trainer import Interrupted
 
     first, last = configs[0].hydra.job.num, configs[-1].hydra.job.num

@@ -111,6 +111,15 @@ def console_handler() -> logging.Handler:
     return handler
 
 
+def log_to_console() -> None:
+    """dlexp's messages on the console, for the commands that Hydra does not run (eval,
+    sample) and for runs started from Python."""
+    logger = logging.getLogger("dlexp")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:  # once per process
+        logger.addHandler(console_handler())
+
+
 class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is when a line is logged (a redirect, pytest's capture)."""
 

@@ -5,7 +5,7 @@ torchrun), claiming the folder (`claim`: a lock naming the process; another run'
 never overwritten), what the folder already holds (a finished run, an unfinished one to
 continue, a finished sweep job to skip), resuming (`trainer.resume`), launching
 `trainer.devices=N` processes (torchrun) and the sweep objective. `dlexp.hydra_app` is the
-command line around it; dlexp.train trains what it opens.
+command line around it; dlexp.fit trains what it opens.
 
 `open_run` ties these together: it yields a `Run` that says where to write, which config to
 train and which checkpoint to continue from, and it releases the folder (and removes what it
@@ -441,7 +441,8 @@ def _decide(run: Run, resume_path: Path | None, hc, overrides: list[str] | None)
 
 
 def _prepare(run: Run, hc) -> None:
-    """A new run's identity (run.json) and, from the command line, Hydra's .hydra/ record."""
+    """A new run's identity (run.json) and its config (.hydra/config.yaml; from the command
+    line, Hydra's whole .hydra/ record)."""
     if (run.dir / "run.json").is_file() and run_id_of(run.dir) == run.id:
         return  # the run continues in its own folder
     command = " ".join(["dlexp train", *hc.overrides.task]) if hc is not None else "train(cfg)"
@@ -452,6 +453,12 @@ def _prepare(run: Run, hc) -> None:
     run.made.append(run.dir / "run.json")
     if hc is not None:
         run.made.append(hydra_record(run.dir, run.cfg, hc))
+    else:  # train(cfg) from Python: what ran, where the command's runs keep it
+        (run.dir / ".hydra").mkdir(exist_ok=True)
+        run.made.append(run.dir / ".hydra")
+        _save_yaml(
+            OmegaConf.to_container(run.cfg, enum_to_str=True), run.dir / ".hydra" / "config.yaml"
+        )
 
 
 def hydra_record(run_dir: Path, cfg: DictConfig, hc) -> Path:
@@ -518,14 +525,19 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     run, in its folder, from its last checkpoint, exactly as if it had never stopped.
     `trainer.devices=N` trains with N processes (torchrun).
     """
-    from dlexp.train import fit
+    return train_in(cfg, run_dir)[1]
+
+
+def train_in(cfg: DictConfig, run_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """`train`, also saying which folder the run took (a new one, or the resumed run's)."""
+    from dlexp.fit import fit
 
     with open_run(cfg, run_dir) as run:
         if run.done is not None:
-            return run.done
+            return run.dir, run.done
         if run.cfg.trainer.devices > 1 and "LOCAL_RANK" not in os.environ:
-            return launch(run)
-        return fit([run])[0]
+            return run.dir, launch(run)
+        return run.dir, fit([run])[0]
 
 
 def launch(run: Run) -> dict[str, Any]:
