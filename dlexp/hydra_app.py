@@ -187,12 +187,22 @@ def _sweep_size(config: DictConfig) -> int | None:
         return None
 
 
-def _composition_error(text: str, args: list[str], config_path: str) -> str:
+def composition_error(text: str, args: list[str], config_path: str) -> str:
     """Hydra's message for a failed composition, or dlexp's for a key that does not exist."""
     if "No space left on device" in text:
         return (
             "dlexp: error: the disk is full: Hydra could not create the run folder or its "
             "files. Free some space, or put runs on another disk (DLEXP_OUTPUTS=<folder>).\n"
+        )
+    if "Config group override must be a string or a list. Got NoneType" in text:
+        groups = [a.partition("=")[0] for a in args if a.partition("=")[2] == "null"]
+        group = next((g for g in groups if (Path(config_path) / g).is_dir()), "the group")
+        options = sorted(p.stem for p in (Path(config_path) / group).glob("*.yaml"))
+        return (
+            f"dlexp: error: {group}=null: a config group takes one of its options, not null; "
+            f"{group}'s options are {', '.join(options)} (e.g. {group}={options[0]}).\n"
+            if options
+            else "dlexp: error: a config group was given null; give one of its options.\n"
         )
     plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", text)
     extras = {
@@ -340,7 +350,7 @@ def hydra_train(args: list[str], config_path: str) -> None:
     except SystemExit as exit_:
         held = _HeldStderr.release()
         if exit_.code == 1 and held:  # the config did not compose
-            message = _composition_error(held, args, config_path)
+            message = composition_error(held, args, config_path)
             sys.stderr.write(message)
             raise SystemExit(2 if message.startswith("dlexp:") else 1) from None
         sys.stderr.write(held)

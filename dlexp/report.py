@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover
 SCORES = ("train/", "val/", "test/", "weights/")  # metrics.json's keys that the table shows
 
 
-def _value(text: str) -> Any:
+def override_value(text: str) -> Any:
     """An override's value as a number when it is one (for sorting and plotting)."""
     try:
         return yaml.safe_load(text)
@@ -42,7 +43,8 @@ def collect(sweep: Path) -> list[dict[str, Any]]:
             f"{sweep} is not a folder; give a sweep folder such as outputs/sweeps/<time>."
         )
     rows = []
-    for job in sorted(sweep.iterdir(), key=lambda p: (len(p.name), p.name)):
+    number = lambda p: int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else -1  # noqa: E731
+    for job in sorted(sweep.iterdir(), key=lambda p: (number(p), p.name)):  # 9 before 10
         overrides_file = job / ".hydra" / "overrides.yaml"
         if not overrides_file.is_file():
             continue
@@ -96,12 +98,22 @@ def pick_metric(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, bo
     return metric, higher_is_better(metric)
 
 
-def report(
-    sweep: str | Path, metric: str | None = None, plot: bool = True, last: int | None = None
-) -> list[dict[str, Any]]:
-    """Print the table; write summary.csv (and <metric>.png) into the sweep folder. `last`:
-    score each job by the mean of the metric's last k epochs (the course's habit), read from
-    its TensorBoard history; metric and last default to the sweep's `report` config."""
+@dataclass
+class Scored:
+    """A sweep's jobs scored as `dlexp report` scores them."""
+
+    rows: list[dict[str, Any]]  # best first; unfinished and failed jobs last
+    keys: list[str]  # the swept keys
+    metric: str  # the column sorted by ("val/acc", or "val/acc last 5")
+    higher: bool
+    best: dict[str, Any] | None
+    settings: list[dict] | None  # repeated runs per setting (aggregate), if any
+
+
+def score(sweep: str | Path, metric: str | None = None, last: int | None = None) -> Scored:
+    """Every job of a sweep, sorted by `metric` (default: the sweep's `report` config, else its
+    objective); `last`: each job's mean of the metric over its last k epochs (the course's
+    habit), read from its TensorBoard history."""
     sweep = Path(sweep)
     rows = collect(sweep)
     stated = _stated(rows)
@@ -118,14 +130,25 @@ def report(
     rows.sort(
         key=lambda r: (r not in done, -(r.get(metric) or 0) if higher else r.get(metric) or 0)
     )
-    _print_table(sweep, rows, keys, metric, best)
+    return Scored(rows, keys, metric, higher, best, aggregate(done, keys, metric))
+
+
+def report(
+    sweep: str | Path, metric: str | None = None, plot: bool = True, last: int | None = None
+) -> list[dict[str, Any]]:
+    """Print the table (as wide as the terminal); write summary.csv (every metric), the
+    settings' means and a t-test where runs repeat, and summary.png into the sweep folder."""
+    sweep = Path(sweep)
+    scored = score(sweep, metric, last)
+    rows, keys, metric, settings = scored.rows, scored.keys, scored.metric, scored.settings
+    _print_table(sweep, scored)
     _write_csv(sweep / "summary.csv", rows, keys)
-    settings = aggregate(done, keys, metric)
     if settings is not None:
-        _print_settings(settings, metric, higher)
+        _print_settings(settings, metric, scored.higher)
         _write_settings_csv(sweep / "summary_by_setting.csv", settings, metric)
         if len(settings) == 2 and min(s["n"] for s in settings) >= 2:
             _t_test(sweep, settings, metric)
+    done = [r for r in rows if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])]
     if plot and keys and done:
         _plot(sweep / "summary.png", done, keys, metric, settings)
     return rows
@@ -225,9 +248,9 @@ def _print_settings(settings: list[dict], metric: str, higher: bool) -> None:
     ordered = sorted(settings, key=lambda s: -s["mean"] if higher else s["mean"])
     table = Table(title=f"{metric}: mean and standard deviation over repeated runs (n)")
     for key in keys:
-        table.add_column(key)
+        table.add_column(key, overflow="fold")
     for name in (f"mean {metric}", "sd", "n"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for s in ordered[:SHOWN_ROWS]:
         cells = [escape(str(s["overrides"][k])) for k in keys]
         table.add_row(*cells, f"{s['mean']:.4f}", f"{s['sd']:.4f}", str(s["n"]))
@@ -254,35 +277,58 @@ SHOWN_ROWS = 40
 REPEATS = ("seed", "data.fold")  # swept keys that repeat a setting rather than change it
 
 
-def _print_table(sweep: Path, rows, keys, metric: str, best) -> None:
+def _shown_metrics(rows: list[dict[str, Any]], metric: str, room: int) -> list[str]:
+    """The metric columns that fit in `room` characters: the sorting metric and the test split's
+    headline first, then the other splits' overall numbers (per-class ones, averages over
+    classes and the rest are in summary.csv); shown in train, val, test order."""
+    present = _columns(rows)
+    overall = [m for m in present if m.count("/") == 1 and not m.endswith(("_macro", "_weighted"))]
+    name = metric.split(" ")[0].partition("/")[2]  # "val/acc last 5" -> "acc"
+    headline = [m for m in (f"test/{name}", "test/acc", "test/loss") if m in present]
+    shown = []
+    for m in dict.fromkeys([metric, *headline, *overall]):
+        width = max(len(m), 6) + 3  # a right-aligned "0.1234" and the column's padding and rule
+        if width <= room or m == metric:
+            shown.append(m)
+            room -= width
+    return [metric] + [m for m in present if m in shown and m != metric]
+
+
+def _print_table(sweep: Path, scored: Scored) -> None:
+    """One row per job, no wider than the terminal: the swept keys and their values in full,
+    the sorting metric, the test split's, then what else fits."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    rows, keys, metric, best = scored.rows, scored.keys, scored.metric, scored.best
+    console = Console()
     shown = rows[:SHOWN_ROWS]  # a 2,000-job sweep's table would take seconds and a long scroll
-    more = (
-        f"; the first {len(shown)} of {len(rows)}, all in summary.csv"
-        if len(rows) > len(shown)
-        else ""
+    more = f"; {len(shown)} of {len(rows)} jobs" if len(rows) > len(shown) else ""
+    table = Table(
+        title=f"{sweep}\n(sorted by {metric or 'job'}; * = best{more}; every metric in summary.csv)"
     )
-    table = Table(title=f"{sweep}  (sorted by {metric or 'job'}; * = best{more})")
-    table.add_column("")
-    table.add_column("job")
-    for key in keys:
-        table.add_column(key)
-    metrics = _columns(rows)
+    value = lambda r, k: str(r["overrides"].get(k, ""))  # noqa: E731
+    fixed = [("", 1), ("job", max(3, *(len(r["job"].split("_", 1)[0]) for r in shown)))]
+    fixed += [(k, max(len(k), *(len(value(r, k)) for r in shown))) for k in keys]
+    fixed += [("status", max(6, *(len(r["status"]) for r in shown))), ("time s", 7)]
+    room = console.width - 1 - sum(width + 3 for _, width in fixed)
+    metrics = _shown_metrics(rows, metric, room) if metric else []
+    table.add_column("", no_wrap=True)
+    table.add_column("job", no_wrap=True)
+    for key in keys:  # folded, never cut, when the keys alone are wider than the terminal
+        table.add_column(key, overflow="fold")
     for m in metrics:
-        table.add_column(m, justify="right")
-    table.add_column("status")
-    table.add_column("time s", justify="right")
+        table.add_column(m, justify="right", no_wrap=True, min_width=6)
+    table.add_column("status", overflow="fold")
+    table.add_column("time s", justify="right", no_wrap=True)
     for r in shown:
         cells = ["*" if r is best else "", r["job"].split("_", 1)[0]]
-        cells += [escape(str(r["overrides"].get(k, ""))) for k in keys]  # "[radius]": text
+        cells += [escape(value(r, k)) for k in keys]  # "[radius]": text, not rich markup
         cells += [f"{r[m]:.4f}" if isinstance(r.get(m), int | float) else "" for m in metrics]
         cells += [r["status"], f"{r['time_s']:.1f}" if r.get("time_s") else ""]
         table.add_row(*cells, style="bold green" if r is best else None)
-    wide = 30 + 12 * (len(keys) + len(metrics)) + sum(len(k) for k in keys)
-    Console(width=max(Console().width, wide)).print(table)
+    console.print(table)
 
 
 def _write_csv(path: Path, rows, keys) -> None:
@@ -304,46 +350,74 @@ def _write_csv(path: Path, rows, keys) -> None:
             )
 
 
+def _by_value(values: list[Any]) -> list[Any]:
+    """Values in their order as numbers (0.001 before 0.01) when they all are, else as text."""
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return sorted(values, key=lambda v: v if numeric else str(v))
+
+
+def plot_series(
+    rows: list[dict[str, Any]], keys: list[str], metric: str, settings: list[dict] | None = None
+) -> tuple[str, str | None, bool, list[tuple[str, list[tuple[Any, float, float]]]]]:
+    """What summary.png draws: the x key (the first swept key), the line key (the second, if
+    any), whether x is numeric, and one series per value of the line key, ordered by value, of
+    (x, mean, sd) points ordered by x."""
+    if settings is not None and settings[0]["overrides"]:  # one point per setting
+        keys = list(settings[0]["overrides"])
+        rows = [{"overrides": s["overrides"], metric: s["mean"], "sd": s["sd"]} for s in settings]
+    x_key, line_key = keys[0], keys[1] if len(keys) > 1 else None
+    groups: dict[Any, list[tuple[Any, float, float]]] = {}
+
+    def point(r: dict, key: str) -> Any:  # a number where it is one; lists ([0.9, 0.99]) as text
+        value = override_value(r["overrides"].get(key, ""))
+        return value if isinstance(value, int | float | str | None) else str(value)
+
+    for r in rows:
+        line = point(r, line_key) if line_key else None
+        x = point(r, x_key)
+        groups.setdefault(line, []).append((x, r[metric], r.get("sd", 0.0)))
+    xs = [x for points in groups.values() for x, *_ in points]
+    numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+    series = []
+    for line in _by_value(list(groups)):
+        order = _by_value([x for x, *_ in groups[line]])
+        points = sorted(groups[line], key=lambda p: order.index(p[0]))
+        series.append((f"{line_key}={line}" if line_key else metric, points))
+    return x_key, line_key, numeric, series
+
+
 def _plot(path: Path, rows, keys, metric: str, settings: list[dict] | None = None) -> None:
     """The metric against the first swept key, one line per value of the second (the course's
-    plots); repeated runs as their mean with a standard-deviation bar."""
+    plots); repeated runs as their mean with a standard-deviation bar. Categories (sgd, adam,
+    ...) are spread a little apart per line so that equal scores do not hide each other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if settings is not None and settings[0]["overrides"]:  # one point per setting
-        keys = list(settings[0]["overrides"])
-        rows = [{"overrides": s["overrides"], metric: s["mean"], "sd": s["sd"]} for s in settings]
-    x_key, line_key = keys[0], keys[1] if len(keys) > 1 else None
-    groups: dict[str, list[tuple[Any, float, float]]] = {}
-    for r in rows:
-        label = f"{line_key}={r['overrides'].get(line_key)}" if line_key else metric
-        x = _value(r["overrides"].get(x_key, ""))
-        groups.setdefault(label, []).append((x, r[metric], r.get("sd", 0.0)))
+    x_key, line_key, numeric, series = plot_series(rows, keys, metric, settings)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    numeric = all(
-        isinstance(x, int | float) and not isinstance(x, bool)
-        for g in groups.values()
-        for x, *_ in g
-    )
-    for label, points in groups.items():
-        points.sort(key=lambda p: p[0] if numeric else str(p[0]))
-        xs = [p[0] if numeric else str(p[0]) for p in points]
-        style = "o-" if numeric else "o"  # categories (sgd, adam, ...): no joining line
-        if any(p[2] for p in points):
-            ax.errorbar(
-                xs,
-                [p[1] for p in points],
-                yerr=[p[2] for p in points],
-                fmt=style,
-                capsize=3,
-                label=label,
-            )
-        else:
-            ax.plot(xs, [p[1] for p in points], style, label=label)
-    xs = [x for g in groups.values() for x, _, _ in g]
-    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
+    categories = _by_value(list(dict.fromkeys(x for _, points in series for x, *_ in points)))
+    markers = "osD^v<>ph*"
+    for i, (label, points) in enumerate(series):
+        if numeric:
+            xs: list[Any] = [p[0] for p in points]
+        else:  # category positions, each line shifted by its own small offset
+            shift = (i - (len(series) - 1) / 2) * min(0.6 / len(series), 0.15)
+            xs = [categories.index(p[0]) + shift for p in points]
+        ax.errorbar(
+            xs,
+            [p[1] for p in points],
+            yerr=[p[2] for p in points] if any(p[2] for p in points) else None,
+            fmt=markers[i % len(markers)] + ("-" if numeric else ""),
+            capsize=3,
+            alpha=0.8,
+            label=label,
+        )
+    if not numeric:
+        ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+    xs_all = [x for _, points in series for x, *_ in points]
+    if numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100:
         ax.set_xscale("log")
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)
@@ -363,8 +437,10 @@ class SweepSummary(Callback):
     folder, and note how many jobs failed (`dlexp train -m` exits non-zero if any did)."""
 
     failed: tuple[int, int] = (0, 0)
+    folder: Path | None = None  # the last sweep's (dlexp.sweep returns it)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        SweepSummary.folder = Path(config.hydra.sweep.dir)
         try:
             stated = config.get("report") or {}
             metric = stated.get("metric") or config.get("objective") or None

@@ -88,6 +88,24 @@ def dlexp(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: int
     )
 
 
+def fresh_venv(tmp_path: Path, *install: str) -> Path:
+    """A new virtual environment with `pip install --no-deps <install>` (reusing this
+    environment's torch and other dependencies through a .pth file, not a 5 GB reinstall);
+    its python."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    here = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
+    (site / "reuse_torch.pth").write_text(here + "\n")
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", *install],
+        capture_output=True,
+        text=True,
+    )
+    assert pip.returncode == 0, pip.stderr
+    return venv / "bin" / "python"
+
+
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in a run folder's TensorBoard event files: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -78,6 +78,12 @@ def test_a_key_no_code_reads_is_refused_with_the_closest_real_key(args, expected
     assert expected in refused(capsys, "train", *args)
 
 
+def test_a_group_given_null_lists_its_options(env, capsys):
+    """(Hydra itself raises a bare ValueError with a traceback.)"""
+    err = refused(capsys, "train", "model=null")
+    assert "model=null" in err and "ann, autoencoder, cnn" in err
+
+
 @pytest.mark.parametrize(
     ("model", "data"),
     [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, dlexp
+from conftest import REPO, cli, dlexp, fresh_venv
 from dlexp.cli import main
 from dlexp.record import read_history
 
@@ -163,17 +163,8 @@ def test_data_command_lists_presence_and_location(env, tmp_path, capsys):
 @pytest.mark.slow  # a virtual environment and a wheel install (~12 s); CI's own install is editable
 def test_non_editable_install_runs_from_anywhere(tmp_path):
     """`pip install .` into a fresh venv (reusing this env's torch) ships the configs too."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv = fresh_venv(tmp_path, str(REPO)).parent.parent
     site = next(venv.glob("lib/python*/site-packages"))
-    here = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
-    (site / "reuse_torch.pth").write_text(here + "\n")  # torch & co. without a 5 GB reinstall
-    pip = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(REPO)],
-        capture_output=True,
-        text=True,
-    )
-    assert pip.returncode == 0, pip.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLEXP")}
     env["DLEXP_OUTPUTS"] = str(tmp_path / "out")
     result = subprocess.run(
@@ -252,13 +243,13 @@ def test_shell_completion_queries(line, expected, env, capsys, monkeypatch):
 def test_a_missing_plugin_names_the_extra_to_install(group, option, extra):
     """What dlexp says for Hydra's "Could not find" when the plugin is not installed (it is in
     the test environment, so Hydra's text is given here as Hydra prints it)."""
-    from dlexp.hydra_app import _composition_error
+    from dlexp.hydra_app import composition_error
 
     hydra_text = (
         f"In 'train': Could not find 'hydra/{group}/{option}'\n\nAvailable options in "
         f"'hydra/{group}':\n\tbasic\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf\n"
     )
-    message = _composition_error(hydra_text, [f"hydra/{group}={option}"], "unused")
+    message = composition_error(hydra_text, [f"hydra/{group}={option}"], "unused")
     assert message.startswith("dlexp: error: ") and f"pip install 'dlexp[{extra}]'" in message
 
 
