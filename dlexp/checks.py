@@ -10,11 +10,12 @@ never trained on.
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import dataclasses
 import difflib
 import inspect
+import logging
 import math
+import os
 import types
 import typing
 from typing import Any
@@ -104,10 +105,36 @@ BUILDABLE = (
 )
 
 
-def check_buildable(node: Any, where: str = "") -> None:
-    """Every `_target_` in the config, at any depth, names something dlexp may build."""
+def own_modules() -> list[str]:
+    """The user's own modules that configs may build from (their models, losses, ...), named
+    in the DLEXP_MODULES environment variable (comma- or colon-separated): the user's shell
+    says so, never a config, which is data."""
+    named = os.environ.get("DLEXP_MODULES", "").replace(",", ":").split(":")
+    return [m.strip() for m in named if m.strip()]
+
+
+def _buildable(module: str) -> bool:
+    own = own_modules()
+    return module.startswith(BUILDABLE) or any(
+        module == m or module.startswith(m + ".") for m in own
+    )
+
+
+def locate(path: str) -> Any:
+    """The object a `_target_` names (hydra's get_object, without the error line it logs
+    before raising: the caller says what went wrong)."""
     from hydra.utils import get_object
 
+    logger = logging.getLogger("hydra.utils")
+    was, logger.disabled = logger.disabled, True
+    try:
+        return get_object(path)
+    finally:
+        logger.disabled = was
+
+
+def check_buildable(node: Any, where: str = "") -> None:
+    """Every `_target_` in the config, at any depth, names something dlexp may build."""
     if isinstance(node, DictConfig | ListConfig):
         items = node.items() if isinstance(node, DictConfig) else enumerate(node)
         for key, value in items:
@@ -118,24 +145,32 @@ def check_buildable(node: Any, where: str = "") -> None:
         target, found = node._target_, None
         if target is None:  # (a node that builds nothing: scheduler=none)
             return
-        if isinstance(target, str) and target.startswith(BUILDABLE):
-            with contextlib.suppress(Exception):
-                found = get_object(target)
+        if isinstance(target, str) and _buildable(target):
+            try:
+                found = locate(target)
+            except Exception as err:
+                if not target.startswith(BUILDABLE):  # the user's own module: say why
+                    raise DlexpError(
+                        f"{where}._target_={target!r} cannot be imported ({err.__cause__ or err}). "
+                        "Run dlexp from "
+                        "the folder that holds the module, or install its package (pip install "
+                        "-e <folder>), so that Python finds it."
+                    ) from None
         module = getattr(found, "__module__", None) or ""
-        if not module.startswith(BUILDABLE):  # (the object itself, not an alias in a module)
+        if not _buildable(module):  # (the object itself, not an alias in a module)
             raise DlexpError(
                 f"{where}._target_={target!r} is not something dlexp builds: a config may name "
                 "dlexp's models, tasks, data loaders and losses, torch.optim's optimizers and "
                 "schedulers, torch.nn's layers and losses, or torchvision's models (e.g. "
-                "torch.optim.Adam). Nothing was built or run."
+                "torch.optim.Adam). For your own code, name its module in the DLEXP_MODULES "
+                "environment variable (export DLEXP_MODULES=my_models): a config cannot allow "
+                "code by itself. Nothing was built or run."
             )
 
 
 def check_targets(cfg: DictConfig) -> None:
     """Every key of a node built with `_target_` must be an argument of that class, of the
     type the class declares: `model.hidden=abc` names the key and what it expects."""
-    from hydra.utils import get_object
-
     check_buildable(cfg)
     from dlexp.models import NOT_ARGUMENTS
 
@@ -144,14 +179,34 @@ def check_targets(cfg: DictConfig) -> None:
         if not isinstance(node, DictConfig) or node.get("_target_") is None:
             continue  # not built, or off (scheduler=none)
         try:
-            target = get_object(node._target_)
+            target = locate(node._target_)
         except Exception as err:
             raise DlexpError(
                 f"{prefix}._target_={node._target_!r} cannot be imported ({err}); give the dotted "
                 "path of a class, e.g. torch.optim.Adam."
             ) from err
         values = OmegaConf.to_container(node, resolve=True)
+        if prefix == "model":
+            _check_model_contract(target, node._target_)
         _check_arguments(target, values, prefix, not_arguments)
+
+
+def _check_model_contract(target: Any, name: str) -> None:
+    """A model is built as target(input_shape=..., num_outputs=..., **settings)."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    lacking = [a for a in ("input_shape", "num_outputs") if a not in params and not takes_any]
+    if lacking:
+        raise DlexpError(
+            f"model._target_={name!r} cannot be a dlexp model: dlexp builds the model as "
+            f"{name.rsplit('.', 1)[-1]}(input_shape=<one sample's shape, e.g. (1, 28, 28)>, "
+            "num_outputs=<classes or targets>, **<the model config's other keys>), and it takes "
+            f"no {' or '.join(lacking)}. Wrap it in a torch.nn.Module whose __init__ takes "
+            "input_shape and num_outputs (README: Your own model; examples/own_model)."
+        )
 
 
 def _check_arguments(target: Any, values: dict, prefix: str, skip: tuple[str, ...]) -> None:

@@ -138,8 +138,10 @@ def cmd_eval(args: list[str]) -> None:
         fail(
             "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
         )
-    _log_to_console()
     from dlexp.evaluate import evaluate
+    from dlexp.progress import log_to_console
+
+    log_to_console()
 
     with user_errors():
         evaluate(opts["run"], opts["ckpt"], opts["device"])
@@ -280,22 +282,13 @@ def cmd_sample(args: list[str]) -> None:
     opts = parse_pairs(args, spec, "sample")
     if not opts["run"]:
         fail("`dlexp sample` needs run=<GAN run folder or checkpoint file>.")
-    _log_to_console()
+    from dlexp.progress import log_to_console
     from dlexp.sample import sample
+
+    log_to_console()
 
     with user_errors():
         sample(opts["run"], int(opts["n"]), opts["out"], int(opts["seed"]))
-
-
-def _log_to_console() -> None:
-    import logging
-
-    from dlexp.progress import console_handler
-
-    logger = logging.getLogger("dlexp")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:  # once per process
-        logger.addHandler(console_handler())
 
 
 COMMANDS = {
@@ -331,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         else:
             return  # the other commands take key=value words of their own
+    if os.environ.get("DLEXP_MODULES") and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # the user's own modules, in the folder dlexp runs from
     command = COMMANDS.get(argv[0])
     if command is None:
         fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see dlexp --help).")
