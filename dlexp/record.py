@@ -277,11 +277,67 @@ def write_hparams(writer, hparams: dict[str, Any], final: dict[str, Any]) -> Non
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "train/"))}
-    # Only the session records: TensorBoard then builds the table from all runs together,
-    # marking the hyperparameters whose values differ (the swept ones) to show first; an
-    # experiment record of each run's own would say that none differs.
+    # Only the session records: a record of the columns (`write_experiment`) is the sweep's,
+    # one per logdir; one in each run would say that nothing differs.
     _, session_start, session_end = hparams_summary(hparams, metrics)
     for summary in (session_start, session_end):
+        writer.file_writer.add_summary(summary)
+
+
+def write_experiment(sweep: Path, jobs: list[Path]) -> None:
+    """The sweep's HParams experiment record, in an event file of the sweep folder's own: its
+    columns are the jobs' hyperparameters (the swept ones marked as differing, so they come
+    first) and their metrics led by the objective, instead of what TensorBoard infers without
+    one (every scalar tag in alphabetical order, the objective among them). TensorBoard reads
+    one such record per logdir: pointed at a folder of several sweeps it uses one sweep's."""
+    import json
+
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    values: dict[str, list[Any]] = {}
+    metrics: list[str] = []
+    for job in jobs:
+        config, metrics_file = job / ".hydra" / "config.yaml", job / "metrics.json"
+        if not (config.is_file() and metrics_file.is_file()):
+            continue  # a job that never started or is still running
+        for key, value in hparams_of(OmegaConf.load(config), job).items():
+            values.setdefault(key, []).append(value)
+        final = json.loads(metrics_file.read_text())
+        scores = [k for k in final if k.startswith(("val/", "test/", "train/"))]
+        monitor = final.get("monitor")
+        order = {"val": 0, "test": 1, "train": 2}
+        for key in sorted(scores, key=lambda k: (k != monitor, order[k.split("/")[0]])):
+            if key not in metrics:
+                metrics.append(key)
+    if not values:
+        return
+    kinds = {str: api_pb2.DATA_TYPE_STRING, bool: api_pb2.DATA_TYPE_BOOL}
+    infos = [
+        api_pb2.HParamInfo(
+            name=key,
+            type=kinds.get(type(seen[0]), api_pb2.DATA_TYPE_FLOAT64),
+            differs=len({repr(v) for v in seen}) > 1 or len(seen) < len(jobs),
+        )
+        for key, seen in values.items()
+    ]
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics],
+    )
+    content = HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    summary = Summary(
+        value=[
+            Summary.Value(
+                tag=metadata.EXPERIMENT_TAG,
+                metadata=metadata.create_summary_metadata(content),
+            )
+        ]
+    )
+    for old in sweep.glob("events.out.tfevents.*"):
+        old.unlink()  # a resumed sweep's record replaces the first one
+    with EventWriter(str(sweep)) as writer:
         writer.file_writer.add_summary(summary)
 
 
@@ -297,7 +353,11 @@ def hparams_of(cfg: DictConfig, run_dir: Path, hc: DictConfig | None = None) -> 
     if hc is None and record.is_file():
         hc = OmegaConf.load(record).hydra
     if hc is not None:
-        choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+        choices = {
+            k: str(v)
+            for k, v in hc.runtime.choices.items()
+            if v is not None and not k.startswith("hydra")
+        }
         for override in hc.overrides.task:
             key, _, value = override.partition("=")
             key = key.lstrip("+~")
@@ -309,7 +369,12 @@ def hparams_of(cfg: DictConfig, run_dir: Path, hc: DictConfig | None = None) -> 
         out.update({k: v for k, v in choices.items() if k not in out})
     for key in ("optimizer.lr", "data.batch_size", "trainer.epochs", "seed"):
         out.setdefault(key, OmegaConf.select(cfg, key))
-    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in out.items()}
+    # None (no experiment file, no loss given) is left out rather than shown as "None"
+    return {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in out.items()
+        if v is not None
+    }
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:

@@ -433,8 +433,8 @@ def _plot(path: Path, rows, keys, metric: str, settings: list[dict] | None = Non
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, write its summary.csv and plot into the sweep
-    folder, and note how many jobs failed (`dlexp train -m` exits non-zero if any did)."""
+    """Hydra callback: when a multirun ends, write its summary.csv, plot and HParams record
+    into the sweep folder, and note how many jobs failed (`dlexp train -m` exits non-zero if any did)."""
 
     failed: tuple[int, int] = (0, 0)
     folder: Path | None = None  # the last sweep's (dlexp.sweep returns it)
@@ -449,3 +449,6 @@ class SweepSummary(Callback):
             print(f"dlexp: no sweep summary: {err}")
             return
         SweepSummary.failed = (sum(r["status"] == "failed" for r in rows), len(rows))
+        from dlexp.record import write_experiment
+
+        write_experiment(SweepSummary.folder, [r["folder"] for r in rows])

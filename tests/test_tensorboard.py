@@ -59,7 +59,7 @@ def server(env):
         deadline = time.monotonic() + 60
         while True:  # bounded: the server loads the four runs within seconds
             try:
-                if len(get(base, "/data/runs")) == 4:
+                if sum("optimizer.lr=" in r for r in get(base, "/data/runs")) == 4:
                     break
             except OSError:
                 pass
@@ -72,8 +72,8 @@ def server(env):
 
 
 def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(server, env):
-    runs = get(server, "/data/runs")
-    assert all("optimizer.lr=" in run for run in runs)
+    runs = [r for r in get(server, "/data/runs") if "optimizer.lr=" in r]  # the jobs ...
+    assert len(get(server, "/data/runs")) == 5  # ... and the sweep folder's HParams record
     run = urllib.parse.quote(runs[0])
     values = get(server, f"/data/plugin/scalars/scalars?run={run}&tag=val%2Facc")
     assert len(values) == 2 and all(0 <= v[2] <= 1 for v in values)  # (time, step, value)
@@ -87,8 +87,26 @@ def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(ser
     assert all(info["differs"] for info in infos[:2])  # ... marked as what differs
     types = {info["name"]: info["type"] for info in infos}
     assert types["optimizer.lr"] == "DATA_TYPE_FLOAT64" and types["optimizer"] == "DATA_TYPE_STRING"
-    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert {"val/acc", "val/loss", "test/acc", "train/loss"} <= metrics
+    assert types["seed"] == "DATA_TYPE_FLOAT64" and "experiment" not in types  # not "None"
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics[0] == "val/acc"  # the objective first (the classification task's monitor)
+    assert {"val/acc", "test/acc", "train/loss"} <= set(metrics)
+    assert not any(m.endswith("_step") or m.startswith("lr") for m in metrics)
+
+
+def test_custom_scalars_charts_collect_exactly_the_train_and_val_series(server):
+    run = next(r for r in get(server, "/data/runs") if "optimizer.lr=" in r)
+    layout = get(server, "/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c["multiline"]["tag"] for c in layout["category"][0]["chart"]}
+    assert {"loss", "acc"} <= set(charts)
+    for title, patterns in charts.items():
+        series = set()
+        for pattern in patterns:
+            query = urllib.parse.urlencode({"run": run, "tag": pattern})
+            answer = get(server, f"/data/plugin/custom_scalars/scalars?{query}")
+            assert answer["regex_valid"]
+            series |= set(answer["tag_to_events"])
+        assert series == {f"train/{title}", f"val/{title}"}  # not train/loss_step too
 
 
 def test_log_weights_writes_histograms_weight_changes_kernels_and_feature_maps(env, tmp_path):
