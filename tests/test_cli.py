@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,10 @@ def test_cli_run_folder_is_named_by_model_and_data_and_records_overrides(env, ca
     assert code == 0, err
     (run,) = runs(env)
     assert run.name.startswith("cnn_mnist_")
+    # the name --help promises: <model>_<data>_<date>_<time>-<microseconds>
+    _, train_help, _ = cli(capsys, "train", "--help")
+    assert "outputs/runs/<model>_<data>_<date>_<time>-<microseconds>/" in train_help
+    assert re.fullmatch(r"cnn_mnist_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", run.name), run.name
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
     overrides = (run / ".hydra" / "overrides.yaml").read_text()
     assert "model=cnn" in overrides and "data.batch_size=64" in overrides
@@ -160,11 +165,38 @@ def test_data_command_lists_presence_and_location(env, tmp_path, capsys):
     assert "dlexp train data=cifar10 data.download=true" in empty
 
 
-@pytest.mark.slow  # a virtual environment and a wheel install (~12 s); CI's own install is editable
-def test_non_editable_install_runs_from_anywhere(tmp_path):
-    """`pip install .` into a fresh venv (reusing this env's torch) ships the configs too."""
-    venv = fresh_venv(tmp_path, str(REPO)).parent.parent
+@pytest.mark.slow  # a build, a virtual environment and a wheel install (~15 s)
+def test_the_built_wheel_installs_runs_from_anywhere_and_carries_its_licences(tmp_path):
+    """The sdist and wheel that `python -m build` makes carry LICENSE and the wine data's
+    attribution; the wheel, installed into a fresh venv (reusing this env's torch), ships the
+    configs, runs from any folder and says its licence to `pip show`."""
+    import tarfile
+    import zipfile
+
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    wheel, sdist = next(dist.glob("*.whl")), next(dist.glob("*.tar.gz"))
+    with zipfile.ZipFile(wheel) as whl, tarfile.open(sdist) as tar:
+        in_wheel = whl.namelist()
+        in_sdist = [name.partition("/")[2] for name in tar.getnames()]
+    for names in (in_wheel, in_sdist):
+        assert any(n.endswith("LICENSE") for n in names)
+        assert "dlexp/data/winequality-red.README.md" in names
+        assert "dlexp/data/winequality-red.csv" in names
+    attribution = (REPO / "dlexp/data/winequality-red.README.md").read_text()
+    assert "Cortez" in attribution and "CC BY 4.0" in attribution
+
+    venv = fresh_venv(tmp_path, str(wheel)).parent.parent
     site = next(venv.glob("lib/python*/site-packages"))
+    show = subprocess.run(
+        [str(venv / "bin" / "pip"), "show", "dlexp"], capture_output=True, text=True
+    )
+    assert "License: MIT" in show.stdout.splitlines()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLEXP")}
     env["DLEXP_OUTPUTS"] = str(tmp_path / "out")
     result = subprocess.run(

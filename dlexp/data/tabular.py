@@ -76,7 +76,7 @@ def linear(n: int = 100, slope: float = 1.0, noise: float = 0.5, seed: int = 0) 
     return Raw(Split(x, y), None, DataMeta("regression", "tabular", (1,), 0))
 
 
-WINE_CSV = Path(__file__).with_name("winequality-red.csv")  # UCI red wine quality, CC BY 4.0
+WINE_CSV = Path(__file__).with_name("winequality-red.csv")  # CC BY 4.0: see its README.md
 
 
 @tabular
