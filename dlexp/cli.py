@@ -76,12 +76,29 @@ def asks_help(args: list[str], text: str, needs_args: bool = False) -> bool:
 
 
 # What each command's own key=value arguments may be: a type name or a tuple of choices.
+# (run, folder, file, metric, weights: text that shell completion completes as such.)
 KINDS = {
     "count": (lambda v: v.isdigit() and int(v) >= 1, "a whole number >= 1, e.g. {key}=64"),
     "int": (lambda v: v.lstrip("-").isdigit(), "a whole number, e.g. {key}=0"),
     "bool": (lambda v: v in ("true", "false"), "true or false"),
-    "text": (lambda v: True, ""),
+    **dict.fromkeys(("text", "run", "folder", "file", "metric", "weights"), (lambda v: True, "")),
 }
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# Each command's key=value arguments: key -> (default, kind).
+SPECS = {
+    "eval": {"run": ("", "run"), "ckpt": ("last", ("last", "best")), "device": ("auto", DEVICES)},
+    "data": {"root": ("", "folder")},  # "": DLEXP_DATA or ./data, read when the command runs
+    "report": {"metric": ("", "metric"), "last": ("0", "count"), "plot": ("true", "bool")},
+    "weights": {"weights": ("DEFAULT", "weights"), "download": ("false", "bool")},
+    "sample": {
+        "run": ("", "run"),
+        "n": ("64", "count"),
+        "out": ("samples.png", "file"),
+        "seed": ("0", "int"),
+    },
+    "stylize": {"content": ("", "file"), "style": ("", "file")},  # (and train's overrides)
+}
+POSITIONAL = {"report": "folder", "weights": "backbone"}  # a command's first word, if any
 
 
 def parse_pairs(
@@ -128,12 +145,7 @@ metrics, named as training reported them (test/acc, test/loss, ...).
 def cmd_eval(args: list[str]) -> None:
     if asks_help(args, EVAL_HELP):
         return
-    spec = {
-        "run": ("", "text"),
-        "ckpt": ("last", ("last", "best")),
-        "device": ("auto", ("auto", "cpu", "cuda", "mps")),
-    }
-    opts = parse_pairs(args, spec, "eval")
+    opts = parse_pairs(args, SPECS["eval"], "eval")
     if not opts["run"]:
         fail(
             "`dlexp eval` needs run=<run folder or checkpoint file>, e.g. run=outputs/runs/<name>."
@@ -157,7 +169,8 @@ DLEXP_DATA environment variable), where they are expected, and how to get them.
 def cmd_data(args: list[str]) -> None:
     if asks_help(args, DATA_HELP):
         return
-    opts = parse_pairs(args, {"root": (os.environ.get("DLEXP_DATA", "./data"), "text")}, "data")
+    opts = parse_pairs(args, SPECS["data"], "data")
+    opts["root"] = opts["root"] or os.environ.get("DLEXP_DATA", "./data")
     from omegaconf import OmegaConf
 
     from dlexp.data.images import expected_files
@@ -203,9 +216,7 @@ def cmd_report(args: list[str]) -> None:
     if asks_help(args, REPORT_HELP, needs_args=True):
         return
     folder, *rest = args
-    opts = parse_pairs(
-        rest, {"metric": ("", "text"), "last": ("0", "count"), "plot": ("true", "bool")}, "report"
-    )
+    opts = parse_pairs(rest, SPECS["report"], "report")
     from dlexp.report import report
 
     with user_errors():
@@ -223,9 +234,7 @@ def cmd_weights(args: list[str]) -> None:
     if asks_help(args, WEIGHTS_HELP, needs_args=True):
         return
     backbone, *rest = args
-    opts = parse_pairs(
-        rest, {"weights": ("DEFAULT", "text"), "download": ("false", "bool")}, "weights"
-    )
+    opts = parse_pairs(rest, SPECS["weights"], "weights")
     from dlexp.models.transfer import load_weights, weights_enum, weights_file
 
     with user_errors():
@@ -273,13 +282,7 @@ Draws n images from a trained GAN's generator and saves them as one PNG grid.
 def cmd_sample(args: list[str]) -> None:
     if asks_help(args, SAMPLE_HELP):
         return
-    spec = {
-        "run": ("", "text"),
-        "n": ("64", "count"),
-        "out": ("samples.png", "text"),
-        "seed": ("0", "int"),
-    }
-    opts = parse_pairs(args, spec, "sample")
+    opts = parse_pairs(args, SPECS["sample"], "sample")
     if not opts["run"]:
         fail("`dlexp sample` needs run=<GAN run folder or checkpoint file>.")
     from dlexp.progress import log_to_console
@@ -312,24 +315,39 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"dlexp {__version__}")
         return
+    if (
+        argv[:2] in (["train", "-sc"], ["train", "--shell-completion"])
+        and argv[2:3]
+        and (argv[2].startswith("install="))
+    ):
+        argv = argv[1:]  # the script is dlexp's, for every command (the README had Hydra's)
     if argv[0] in ("-sc", "--shell-completion"):  # the completion script asking for words
-        words = os.environ.get("COMP_LINE", "").split()
-        if len(words) > 1 and words[1] == "train":
-            argv = ["train", *argv]
-        elif (len(words) <= 2 and not os.environ.get("COMP_LINE", "").endswith(" ")) or len(
-            words
-        ) == 1:
-            typed = words[1] if len(words) == 2 else ""
-            print(" ".join(c for c in COMMANDS if c.startswith(typed)))
+        if complete(argv[1:]):
             return
-        else:
-            return  # the other commands take key=value words of their own
+        argv = ["train", *argv]  # `dlexp train ...`: Hydra's words
     if os.environ.get("DLEXP_MODULES") and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # the user's own modules, in the folder dlexp runs from
     command = COMMANDS.get(argv[0])
     if command is None:
         fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (see dlexp --help).")
     command(argv[1:])
+
+
+def complete(args: list[str]) -> bool:
+    """`-sc install=<shell>`: print dlexp's completion script; `-sc query=<shell>`: the words
+    for the line in COMP_LINE, unless they are Hydra's (`dlexp train ...`: False)."""
+    from dlexp import completion
+
+    option = (args or ["query=bash"])[0]
+    kind, _, shell = option.partition("=")
+    if kind == "install":
+        print(completion.script(shell))
+        return True
+    done, _ = completion.split(os.environ.get("COMP_LINE", ""))
+    if done and done[0] == "train":
+        return False
+    completion.query(shell, list(COMMANDS), SPECS, POSITIONAL)
+    return True
 
 
 def run() -> None:

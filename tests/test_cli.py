@@ -224,44 +224,88 @@ def test_the_built_wheel_installs_runs_from_anywhere_and_carries_its_licences(tm
     assert wine.startswith(f"True {site}")  # the wine CSV ships inside the package
 
 
-def complete(line: str, env: dict) -> list[str]:
-    """What bash offers after `eval "$(dlexp train -sc install=bash)"` for `line` + Tab."""
+def complete(line: str, env: dict, cwd: Path | None = None) -> list[str]:
+    """What bash offers after `eval "$(dlexp -sc install=bash)"` for `line` + Tab, each word as
+    readline inserts it (a trailing space: the word is finished)."""
     script = (
-        'eval "$(dlexp train -sc install=bash)"; '
+        'eval "$(dlexp -sc install=bash)"; '
         f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; read -ra COMP_WORDS <<< "$COMP_LINE"; '
         '[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=(""); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); '
-        'hydra_bash_completion; printf "%s\\n" "${COMPREPLY[@]}"'
+        '_dlexp_completion; printf "%s|" "${COMPREPLY[@]}"'
     )
     path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     out = subprocess.run(
         ["bash", "-c", script],
         env={**env, "PATH": path},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    return [w for w in out.stdout.split("|") if w]
 
 
-def test_shell_completion_in_a_real_bash(env):
-    assert {"model=cnn", "model=ann", "model=transfer"} <= set(complete("dlexp train model=", env))
+def test_shell_completion_in_a_real_bash(env, tmp_path):
+    # Hydra's words for train, a finished value with its space
+    assert {"model=cnn ", "model=ann ", "model=transfer "} <= set(
+        complete("dlexp train model=", env)
+    )
+    assert complete("dlexp train trainer.ep", env) == ["trainer.epochs="]  # no space: a value next
+    assert complete("dlexp tr", env) == ["train "]  # a command gets its space (not `trainer`)
+    # eval's keys, a run folder step by step, its checkpoint files
+    run = tmp_path / "outputs" / "runs" / "ann_iris_1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").touch()
+    assert complete("dlexp eval ", env) == ["run=", "ckpt=", "device="]
+    assert complete("dlexp eval run=out", env, tmp_path) == ["run=outputs/"]
+    assert complete("dlexp eval run=outputs/runs/", env, tmp_path) == [
+        "run=outputs/runs/ann_iris_1/"
+    ]
+    line = "dlexp eval run=outputs/runs/ann_iris_1/checkpoints/"
+    assert complete(line, env, tmp_path) == ["run=outputs/runs/ann_iris_1/checkpoints/best.pt "]
+    assert complete("dlexp eval run=x ckpt=b", env) == ["ckpt=best "]
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dlexp train optimizer=", {"optimizer=adam", "optimizer=sgd", "optimizer=rmsprop"}),
+        ("dlexp train optimizer=r", {"optimizer=rmsprop"}),
         ("dlexp train trainer.ep", {"trainer.epochs="}),
         ("dlexp ev", {"eval"}),
         ("dlexp ", {"train", "eval", "data", "report", "sample", "stylize", "weights"}),
+        ("dlexp sample run=r ", {"n=", "out=", "seed="}),  # the keys not yet given
+        ("dlexp data ro", {"root="}),
+        ("dlexp report sweep plot=", {"plot=true", "plot=false"}),
+        ("dlexp weights resnet1", {"resnet18", "resnet101", "resnet152"}),
+        ("dlexp weights resnet18 weights=", {"weights=DEFAULT", "weights=IMAGENET1K_V1"}),
     ],
 )
 def test_shell_completion_queries(line, expected, env, capsys, monkeypatch):
     """What the installed script asks (`dlexp -sc query=bash` with COMP_LINE set)."""
     monkeypatch.setenv("COMP_LINE", line)
     code, out, _ = cli(capsys, "-sc", "query=bash")
-    assert code == 0 and expected <= set(out.split())
+    assert code == 0 and set(out.split()) == expected
+
+
+def test_report_completes_sweep_folders_and_their_metrics(env, tmp_path, capsys, monkeypatch):
+    job = tmp_path / "sweeps" / "2026-12-05_10-00-00-000000" / "0_optimizer.lr=0.1"
+    job.mkdir(parents=True)
+    (job / "metrics.json").write_text('{"val/acc": 0.9, "test/acc": 0.8, "status": "completed"}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMP_LINE", "dlexp report sw")
+    assert cli(capsys, "-sc", "query=fish")[1].splitlines() == ["sweeps/"]  # fish: one a line
+    monkeypatch.setenv("COMP_LINE", f"dlexp report {job.parent.relative_to(tmp_path)} metric=")
+    assert cli(capsys, "-sc", "query=bash")[1].split() == ["metric=val/acc", "metric=test/acc"]
+
+
+@pytest.mark.parametrize("command", [["-sc"], ["train", "-sc"]])
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_both_install_forms_print_dlexps_script(command, shell, capsys):
+    code, out, _ = cli(capsys, *command, f"install={shell}")
+    assert code == 0
+    assert ("__dlexp_complete" if shell == "fish" else "_dlexp_completion") in out
+    assert "hydra_bash_completion" not in out
 
 
 @pytest.mark.parametrize(
