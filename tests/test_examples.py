@@ -70,12 +70,14 @@ def test_the_notebook_runs_after_a_plain_install(tmp_path, data_root):
     check_notebook_output(result.stdout)
 
 
-def test_own_model_trains_through_the_search_path(env, monkeypatch, capsys):
+def test_own_model_trains_through_its_config_dir(env, monkeypatch, capsys):
     monkeypatch.chdir(OWN)
     monkeypatch.setattr(sys, "path", list(sys.path))  # (main adds this folder for my_models)
     monkeypatch.setenv("DLEXP_MODULES", "my_models")
-    search = "hydra.searchpath=[file://configs]"
-    code, out, err = cli(capsys, "train", search, "experiment=residual_iris", "trainer.epochs=20")
+    search = "hydra.searchpath=[file://configs]"  # the other way to add the folder
+    code, out, err = cli(
+        capsys, "train", "-cd", "configs", "experiment=residual_iris", "trainer.epochs=20"
+    )
     assert code == 0, err
     run = next((Path(env["DLEXP_OUTPUTS"]) / "runs").iterdir())
     assert run.name.startswith("residual_mlp_iris_")
