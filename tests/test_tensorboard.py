@@ -71,7 +71,7 @@ def server(env):
         proc.wait(timeout=30)
 
 
-def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(server, env):
+def test_tensorboard_serves_scalars_images_hparams_and_custom_scalars_of_the_sweep(server):
     runs = [r for r in get(server, "/data/runs") if "optimizer.lr=" in r]  # the jobs ...
     assert len(get(server, "/data/runs")) == 5  # ... and the sweep folder's HParams record
     run = urllib.parse.quote(runs[0])
@@ -93,16 +93,14 @@ def test_tensorboard_serves_scalars_images_and_an_hparams_table_of_the_sweep(ser
     assert {"val/acc", "test/acc", "train/loss"} <= set(metrics)
     assert not any(m.endswith("_step") or m.startswith("lr") for m in metrics)
 
-
-def test_custom_scalars_charts_collect_exactly_the_train_and_val_series(server):
-    run = next(r for r in get(server, "/data/runs") if "optimizer.lr=" in r)
+    # Custom Scalars: each chart collects exactly the train and val series
     layout = get(server, "/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c["multiline"]["tag"] for c in layout["category"][0]["chart"]}
     assert {"loss", "acc"} <= set(charts)
     for title, patterns in charts.items():
         series = set()
         for pattern in patterns:
-            query = urllib.parse.urlencode({"run": run, "tag": pattern})
+            query = urllib.parse.urlencode({"run": runs[0], "tag": pattern})
             answer = get(server, f"/data/plugin/custom_scalars/scalars?{query}")
             assert answer["regex_valid"]
             series |= set(answer["tag_to_events"])
