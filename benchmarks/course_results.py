@@ -82,6 +82,35 @@ def per(setting: str, key: str, fmt: str = "{}") -> Callable[[list[Job]], Scores
     return score
 
 
+def from_file(name: str, keys: dict[str, str], *settings: str) -> Callable[[list[Job]], Scores]:
+    """Numbers a run writes beside metrics.json (extrapolation.json, generation.json), or
+    metrics themselves ("metrics:<key>"): label -> key, one set per job of a sweep, named by
+    its `settings`' values."""
+
+    def score(jobs: list[Job]) -> Scores:
+        out: Scores = {}
+        for cfg, m in jobs:
+            extra = json.loads((Path(m["folder"]) / name).read_text())
+            prefix = "".join(f"{k.split('.')[-1]} {OmegaConf.select(cfg, k)}, " for k in settings)
+            for label, key in keys.items():
+                value = m[key[8:]] if key.startswith("metrics:") else extra[key]
+                out[prefix + label] = value
+        return out
+
+    return score
+
+
+def patterns(jobs: list[Job]) -> Scores:
+    """rnn_alternating_challenge: test sign accuracy per pattern and window length."""
+    return {
+        f"{cfg.data.source.pattern} L{cfg.data.source.seq_length}": m["test/sign_acc"]
+        for cfg, m in jobs
+    }
+
+
+SERIES = {"test MSE": "test_mse", "last value": "last_value_mse", "free-run": "free_run_mse"}
+
+
 def share(key: str, above: float, label: str) -> Callable[[list[Job]], Scores]:
     return lambda jobs: {label: statistics.fmean(m[key] >= above for _, m in jobs)}
 
@@ -394,6 +423,29 @@ RESULTS = [
     here("qwerties_3class", single("train/acc", "train acc"), note=NOTE_TRAIN),
     here("cnn_edges", single("test/acc", "test acc")),
     here("cnn_pool_vs_stride", per("model.blocks", "test/acc"), seeds=1),
+    here("rnn_intro", single("test/sign_acc", "test sign acc")),
+    here("rnn_alternating", single("test/sign_acc", "test sign acc")),
+    here("rnn_alternating_challenge", patterns, note="test sign accuracy; 8 test windows"),
+    here("rnn_sine", from_file("extrapolation.json", SERIES)),
+    here(
+        "rnn_sine_challenge",
+        from_file(
+            "extrapolation.json",
+            {"test MSE": "test_mse", "free-run": "free_run_mse"},
+            "model.hidden",
+            "data.source.seq_length",
+        ),
+        seeds=1,
+    ),
+    here("rnn_lstm_gru", from_file("extrapolation.json", SERIES, "model.cell"), seeds=1),
+    here(
+        "lstm_loremipsum_challenge",
+        from_file(
+            "generation.json",
+            {"val loss": "metrics:val/loss", "frequency guess": "val_frequency_loss"},
+        ),
+        seeds=1,
+    ),
 ]
 # Experiments whose data cannot be had here (FashionMNIST, EMNIST, CIFAR-10, STL-10, ImageNet
 # weights, the style images): listed in the table as not run.
@@ -426,6 +478,7 @@ NOT_HERE = {  # experiment: (what it needs, the course's number, its source)
     "style_alexnet": ("AlexNet's ImageNet weights", "", ""),
     "gan_gauss": ("a GPU: a full-size DCGAN for 43 epochs", "", ""),
     "gan_gauss_challenge": ("a GPU: 300 epochs of a GAN", "", ""),
+    "lstm_loremipsum": ("a GPU: 512 x 3 LSTM units, ~5 min an epoch here", "", ""),
 }
 
 

@@ -98,6 +98,7 @@ BUILDABLE = (
     "dlexp.data.images",
     "dlexp.data.files",
     "dlexp.data.style",
+    "dlexp.data.sequences",
     "dlexp.losses",
     "torch.optim.",
     "torch.nn.",

@@ -25,7 +25,7 @@ commands:
   eval     score a finished run on its test split: dlexp eval run=<run folder or .pt> [ckpt=best]
   data     list the data sets, whether their files are present and how to get them
   report   compare the jobs of a sweep: dlexp report outputs/sweeps/<time> [metric=val/acc]
-  sample   images from a trained GAN: dlexp sample run=<run folder> n=64 out=grid.png
+  sample   a GAN's images, a series continued, a text model's text: dlexp sample run=<run folder>
   stylize  style transfer: dlexp stylize content=photo.jpg style=painting.jpg
   weights  are a torchvision model's pretrained weights cached? dlexp weights resnet18 [download=true]
 
@@ -81,6 +81,7 @@ KINDS = {
     "count": (lambda v: v.isdigit() and int(v) >= 1, "a whole number >= 1, e.g. {key}=64"),
     "int": (lambda v: v.lstrip("-").isdigit(), "a whole number, e.g. {key}=0"),
     "bool": (lambda v: v in ("true", "false"), "true or false"),
+    "float": (lambda v: v.replace(".", "", 1).isdigit(), "a number >= 0, e.g. {key}=0.8"),
     **dict.fromkeys(("text", "run", "folder", "file", "metric", "weights"), (lambda v: True, "")),
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -92,9 +93,11 @@ SPECS = {
     "weights": {"weights": ("DEFAULT", "weights"), "download": ("false", "bool")},
     "sample": {
         "run": ("", "run"),
-        "n": ("64", "count"),
-        "out": ("samples.png", "file"),
+        "n": ("", "count"),  # "": the run's kind's default
+        "out": ("", "file"),
         "seed": ("0", "int"),
+        "prompt": ("", "text"),
+        "temperature": ("1.0", "float"),
     },
     "stylize": {"content": ("", "file"), "style": ("", "file")},  # (and train's overrides)
 }
@@ -273,9 +276,18 @@ def cmd_stylize(args: list[str]) -> None:
     cmd_train(["experiment=style_transfer", *overrides])
 
 
-SAMPLE_HELP = """usage: dlexp sample run=<GAN run folder or .pt> [n=64] [out=samples.png] [seed=0]
+SAMPLE_HELP = """usage: dlexp sample run=<run folder or .pt> [n=...] [out=...] [seed=0]
+                    [prompt=<text>] [temperature=1.0]
 
-Draws n images from a trained GAN's generator and saves them as one PNG grid.
+What a trained generative run makes:
+  a GAN (model=gan|dcgan)       n images (64) as one PNG grid (out=samples.png)
+  a series (data=sine|alternating, model=rnn|lstm|gru)
+                                n values (as many as the test split) continued from where the
+                                test split starts, each from the net's own previous output,
+                                plotted against the data (out=extrapolation.png, values in .json)
+  a text (data=text)            n characters (200) after prompt (the text's first character),
+                                drawn at temperature (0: the most likely each time), printed and
+                                written to out=samples.txt
 """
 
 
@@ -291,7 +303,14 @@ def cmd_sample(args: list[str]) -> None:
     log_to_console()
 
     with user_errors():
-        sample(opts["run"], int(opts["n"]), opts["out"], int(opts["seed"]))
+        sample(
+            opts["run"],
+            int(opts["n"]) if opts["n"] else None,
+            opts["out"] or None,
+            int(opts["seed"]),
+            opts["prompt"] or None,
+            float(opts["temperature"]),
+        )
 
 
 COMMANDS = {

@@ -41,8 +41,8 @@ def test_help_lists_commands_and_config_groups(env, capsys):
         "stylize",
     }
     assert (
-        "data: bars, cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, gaussian_classes, "
-        "gaussian_positions, gaussian_widths, image_folder" in train_help
+        "data: alternating, bars, cifar10, csv, doughnuts, emnist, fashion_mnist, gaussian_blobs, "
+        "gaussian_classes, gaussian_positions, gaussian_widths, image_folder" in train_help
     )
 
 
@@ -274,7 +274,7 @@ def test_shell_completion_in_a_real_bash(env, tmp_path):
         ("dlexp train trainer.ep", {"trainer.epochs="}),
         ("dlexp ev", {"eval"}),
         ("dlexp ", {"train", "eval", "data", "report", "sample", "stylize", "weights"}),
-        ("dlexp sample run=r ", {"n=", "out=", "seed="}),  # the keys not yet given
+        ("dlexp sample run=r n=4 ", {"out=", "seed=", "prompt=", "temperature="}),  # not yet given
         ("dlexp data ro", {"root="}),
         ("dlexp report sweep plot=", {"plot=true", "plot=false"}),
         ("dlexp weights resnet1", {"resnet18", "resnet101", "resnet152"}),

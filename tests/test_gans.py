@@ -70,7 +70,7 @@ def test_sample_command_writes_a_grid_of_the_requested_size(env, tmp_path, capsy
     assert Image.open(out).size == (4 * 30 + 2, 3 * 30 + 2)  # 10 images of 28 px, 4 per row
     train(make_cfg("trainer.epochs=1"), tmp_path / "iris")
     code, _, err = cli(capsys, "sample", f"run={tmp_path / 'iris'}")
-    assert code == 2 and "is not a GAN run" in err
+    assert code == 2 and "is not a GAN or sequence run" in err
 
 
 def test_class_filter_by_name_and_index(env):

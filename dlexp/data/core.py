@@ -23,6 +23,7 @@ class DataMeta:
     std: tuple[float, ...] = ()
     class_weights: tuple[float, ...] = ()  # data.balance=class_weight: the loss's class weights
     num_targets: int = 1  # regression: values per sample (findGauss: x, y and width)
+    series: torch.Tensor | None = None  # sequences: the whole series or text, for generation
 
 
 @dataclass

@@ -57,6 +57,7 @@ class DataSettings:
     scramble: bool
     held_out: int | str | None
     standardize: bool
+    ordered: bool
     features: list[Annotated[str, OneOf(*FEATURES)]]
     augment: Augment
     classes: list | None
@@ -70,9 +71,13 @@ class DataSettings:
 
 
 def _split(
-    y: torch.Tensor, fraction: float, seed: int, stratify: bool
+    y: torch.Tensor, fraction: float, seed: int, stratify: bool, ordered: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held out), round(fraction * n) held out, each class in proportion."""
+    """Indices (kept, held out), round(fraction * n) held out, each class in proportion; or,
+    `ordered` (a time series), the last ones held out and the rest kept in order."""
+    if ordered:
+        n_keep = len(y) - round(fraction * len(y))
+        return torch.arange(n_keep), torch.arange(n_keep, len(y))
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=gen)
     order = perm
@@ -238,9 +243,10 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
         train, test = (_resized(s, int(cfg.resize)) for s in (train, test))
         meta.input_shape = (meta.input_shape[0], int(cfg.resize), int(cfg.resize))
     classify = meta.num_classes > 0
+    ordered = bool(cfg.get("ordered"))  # sequences: hold out the last windows, not random ones
     if test is None:  # tabular sets: hold out a test split first
         _check_fraction("test_fraction", cfg.test_fraction)
-        keep, hold = _split(train.y, cfg.test_fraction, seed, classify)
+        keep, hold = _split(train.y, cfg.test_fraction, seed, classify, ordered)
         train, test = train.take(keep), train.take(hold)
     if cfg.get("fold") and not cfg.get("folds"):  # (a fold sweep would train one split N times)
         raise DlexpError(
@@ -256,7 +262,7 @@ def load_data(cfg: DictConfig, seed: int) -> Data:
     if cfg.get("folds"):
         keep, hold = _fold(train.y, int(cfg.folds), int(cfg.get("fold", 0)), seed, classify)
     else:
-        keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify)
+        keep, hold = _split(train.y, cfg.val_fraction, seed + 1, classify, ordered)
     train, val = train.take(keep), train.take(hold)
 
     if subset and not first:

@@ -142,6 +142,8 @@ class Classification(Task):
             show_feature_maps(writer, model, data, self.feature_maps, step, run_dir)
         if outputs is None:
             return
+        if data.meta.series is not None and hasattr(model, "step"):
+            self._text_report(writer, model, data, step, run_dir)
         probs, y = self.probabilities(outputs).cpu(), data.test.y.cpu()
         for c, name in enumerate(self.class_names or range(self.num_classes)):
             tag = f"test/pr_curve/{str(name).replace('/', '-')}"
@@ -166,6 +168,30 @@ class Classification(Task):
         )
         summary = Summary(value=[Summary.Value(tag="test/confusion_matrix", image=encoded)])
         writer.file_writer.add_summary(summary, step)
+
+    def _text_report(self, writer, model, data, step: int, run_dir) -> None:
+        """A text (data=text): 200 characters generated after its first character, as the
+        notebook does (the most likely each time) and sampled at temperature 0.8, and the loss
+        of guessing by character frequency (samples.txt, generation.json, TensorBoard)."""
+        import json
+
+        from dlexp.data.sequences import char_of
+        from dlexp.generate import frequency_loss, generate_text
+
+        prompt = char_of(self.class_names[int(data.meta.series[0])])
+        greedy = generate_text(model, self.class_names, prompt, 200, 0.0)
+        sampled = generate_text(model, self.class_names, prompt, 200, 0.8)
+        (run_dir / "samples.txt").write_text(
+            f"most likely:\n{greedy}\n\ntemperature 0.8:\n{sampled}\n", encoding="utf-8"
+        )
+        writer.add_text("test/samples", f"    {greedy}\n\n    {sampled}", step)
+        baseline = {
+            f"{split}_frequency_loss": frequency_loss(
+                data.train.y, getattr(data, split).y, self.num_classes
+            )
+            for split in ("val", "test")
+        }
+        (run_dir / "generation.json").write_text(json.dumps(baseline, indent=1) + "\n")
 
 
 _FIGURES: dict[tuple, tuple] = {}  # per class list: the figure and its drawn frame

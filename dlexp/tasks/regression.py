@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +20,8 @@ class Regression(Task):
     def __init__(self, meta: DataMeta | None = None, loss: nn.Module | None = None):
         self.loss_fn = loss
         self.num_outputs = meta.num_targets if meta is not None else 1
+        # a series (DUDL_RNN_altSequences): the share of predictions with the right sign too
+        self.signs = meta is not None and meta.kind == "sequence"
 
     @staticmethod
     def why_not_stacked(loss=None, **settings) -> str | None:
@@ -48,3 +53,24 @@ class Regression(Task):
         corr = torch.where(var > 0, cov / var.clamp_min(1e-300).sqrt(), 0.0)
         loss, corr = torch.stack([s["loss"] / max(count, 1), corr]).tolist()
         return {"loss": loss, "corr": corr}
+
+    def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        if not self.signs:
+            return {}
+        same = torch.sign(outputs.float().view_as(targets)) == torch.sign(targets.float())
+        return {"sign_acc": same.float().mean().item()}
+
+    def final_report(self, writer, model, data, outputs, step: int, run_dir: Path) -> None:
+        """A series (data=sine, alternating): its future predicted one step ahead and
+        free-running, against repeating the last value (extrapolation.png and .json, the
+        figure in TensorBoard)."""
+        if data.meta.series is None or not hasattr(model, "step"):
+            return
+        from dlexp.generate import extrapolate, extrapolation_figure
+
+        result = extrapolate(model, data)
+        numbers = {k: v for k, v in result.items() if k.endswith("_mse")}
+        (run_dir / "extrapolation.json").write_text(json.dumps(numbers, indent=1) + "\n")
+        figure = extrapolation_figure(result, data.meta.name)
+        figure.savefig(run_dir / "extrapolation.png")
+        writer.add_figure("test/extrapolation", figure, step)  # (closes it)

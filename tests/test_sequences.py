@@ -1,0 +1,170 @@
+"""Sequences (the course's RNN section): windows in time order, rnn/lstm/gru on a series and on
+a text, generation after training and by `dlexp sample`, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cli, make_cfg, read_tags
+from dlexp.data.load import load_data
+from dlexp.data.sequences import LOREM, char_name, char_of
+from dlexp.generate import frequency_loss
+from dlexp.run import train
+from test_faults import signal_at
+
+SMALL_TEXT = [
+    "data=text",
+    "data.source.seq_length=12",
+    "model.hidden=16",
+    "model.layers=1",
+    "data.batch_size=16",
+    "trainer.max_steps_per_epoch=6",
+]
+
+
+def test_windows_follow_the_series_and_the_test_split_is_its_future():
+    data = load_data(make_cfg("data=alternating").data, 0)
+    series = data.meta.series
+    assert len(series) == 50 and data.meta.input_shape == (9, 1)
+    assert len(data.train) + len(data.val) + len(data.test) == 41  # 50 - 9 windows
+    assert torch.equal(data.train.x[3, :, 0], series[3:12]) and data.train.y[3, 0] == series[12]
+    # the test split is the last 8 windows, in order: the first predicts value 42
+    assert len(data.test) == 8 and data.test.y[0, 0] == series[42]
+    assert torch.equal(data.test.x[0, :, 0], series[33:42])
+    signs = torch.sign(series)
+    assert torch.equal(signs[::2], torch.ones(25)) and torch.equal(signs[1::2], -torch.ones(25))
+
+    text = load_data(make_cfg("data=text").data, 0)
+    assert text.meta.num_classes == 26 and "space" in text.meta.class_names  # lorem's characters
+    assert text.train.x.dtype == torch.long and text.train.x.shape[1] == 80
+    chars = "".join(char_of(n) for n in text.meta.class_names)
+    decoded = "".join(chars[i] for i in text.train.x[0])
+    assert decoded == LOREM.read_text().lower()[:80]  # the notebook's text, lower-cased
+
+
+def test_a_character_name_round_trips():
+    for c in "a ,.;é\t":
+        assert char_of(char_name(c)) == c
+
+
+def test_the_frequency_baseline_is_torchs_cross_entropy_of_the_frequencies():
+    train_y, y = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([2, 1, 0, 0])
+    counts = torch.bincount(train_y, minlength=4).double() + 1
+    logits = (counts / counts.sum()).log().expand(len(y), 4)
+    assert frequency_loss(train_y, y, 4) == pytest.approx(F.cross_entropy(logits, y).item())
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+def test_each_recurrent_net_learns_the_next_value_and_continues_the_series(model, env, tmp_path):
+    cfg = make_cfg(
+        f"model={model}", "data=sine", "model.hidden=8", "model.layers=2", "data.batch_size=16"
+    )
+    cfg.trainer.epochs = 2
+    metrics = train(cfg, tmp_path)
+    assert {"test/loss", "test/corr", "test/sign_acc"} <= set(metrics)
+    numbers = json.loads((tmp_path / "extrapolation.json").read_text())
+    assert set(numbers) == {"test_mse", "last_value_mse", "free_run_mse", "hold_last_mse"}
+    assert numbers["test_mse"] == pytest.approx(
+        metrics["test/loss"], rel=1e-4
+    )  # one loss, two ways
+    assert (tmp_path / "extrapolation.png").is_file()
+    assert "test/extrapolation" in read_tags(tmp_path)["images"]
+
+
+def test_an_rnn_predicts_the_sine_better_than_the_last_value(env, tmp_path):
+    """The test split is the series' future: the next value, better than repeating the last."""
+    args = ["model=rnn", "data=sine", "model.hidden=16", "data.batch_size=16", "trainer.epochs=10"]
+    metrics = train(make_cfg(*args), tmp_path)
+    numbers = json.loads((tmp_path / "extrapolation.json").read_text())
+    assert metrics["test/loss"] < 0.5 * numbers["last_value_mse"]
+
+
+@pytest.mark.slow  # 30 epochs of one window a step (~20 s)
+def test_the_sine_notebook_learns_below_the_last_value(env, tmp_path):
+    metrics = train(make_cfg("experiment=rnn_sine"), tmp_path)
+    numbers = json.loads((tmp_path / "extrapolation.json").read_text())
+    assert metrics["test/loss"] < 0.5 * numbers["last_value_mse"]
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+def test_each_recurrent_net_predicts_the_next_character(model, env, tmp_path):
+    metrics = train(make_cfg(f"model={model}", *SMALL_TEXT), tmp_path)
+    assert {"test/loss", "test/acc", "test/f1/space"} <= set(metrics)
+    text = (tmp_path / "samples.txt").read_text()
+    assert "most likely:" in text and "temperature 0.8:" in text
+    baseline = json.loads((tmp_path / "generation.json").read_text())
+    assert 2.5 < baseline["val_frequency_loss"] < 3.3  # ~ln(26) less the letters' skew
+    assert "test/samples/text_summary" in read_tags(tmp_path)["tensors"]  # TensorBoard's text
+
+
+def test_sample_continues_a_series_and_writes_text(env, tmp_path, capsys):
+    train(
+        make_cfg("model=gru", "data=sine", "trainer.epochs=1", "data.batch_size=32"), tmp_path / "s"
+    )
+    out = tmp_path / "ext.png"
+    code, _, err = cli(capsys, "sample", f"run={tmp_path / 's'}", "n=150", f"out={out}")
+    assert code == 0, err
+    values = json.loads(out.with_suffix(".json").read_text())
+    assert out.is_file() and len(values["free_run"]) == 150
+
+    train(make_cfg("model=lstm", *SMALL_TEXT), tmp_path / "t")
+    args = ["sample", f"run={tmp_path / 't'}", "prompt=lorem", "n=30", f"out={tmp_path / 'a.txt'}"]
+    code, out_text, err = cli(capsys, *args, "temperature=0")
+    assert code == 0, err
+    greedy = (tmp_path / "a.txt").read_text().strip()
+    assert greedy.startswith("lorem") and len(greedy) == 35 and greedy in out_text
+    assert cli(capsys, *args, "temperature=0")[0] == 0  # the most likely: the same again
+    assert (tmp_path / "a.txt").read_text().strip() == greedy
+    code, _, err = cli(capsys, "sample", f"run={tmp_path / 't'}", "prompt=Lorem!")
+    assert code == 2 and "['!', 'L']" in err and "not in the training text" in err
+
+
+def test_a_text_run_resumes_mid_epoch_exactly(env, tmp_path, capsys):
+    args = [*SMALL_TEXT, "model=lstm", "trainer.epochs=2", "trainer.max_steps_per_epoch=null"]
+    args += ["data.source.seq_length=6", "data.batch_size=512", "model.dropout=0"]
+    whole = train(make_cfg(*args), tmp_path / "whole")
+    run = tmp_path / "cut"
+    with signal_at(5, signal.SIGTERM):  # epoch 1 has 10 steps
+        assert cli(capsys, "train", *args, f"hydra.run.dir={run}")[0] == 143
+    code, _, err = cli(capsys, "train", f"trainer.resume={run}")
+    assert code == 0, err
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["test/loss"] == whole["test/loss"] and resumed["test/acc"] == whole["test/acc"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=lstm", "data=iris"], "reads samples of one dimension as characters"),
+        (["model=gru", "data=mnist"], "reads sequences"),
+        (["data=sine", "data.source.seq_length=600"], "does not fit a sequence of 500"),
+        (["model=gru", "data=sine", "model.layers=1", "model.dropout=0.2"], "between recurrent"),
+        (["model=rnn", "data=sine", "model.cell=transformer"], "use rnn, lstm or gru"),
+        (["data=alternating", "data.source.pattern=+x"], "a pattern of + and -"),
+        (["data=text", "data.source.path=/nope.txt"], "no such text file"),
+    ],
+)
+def test_bad_sequence_settings_get_one_paragraph(args, expected, env, capsys):
+    model = [] if any(a.startswith("model=") for a in args) else ["model=rnn"]
+    code, _, err = cli(capsys, "train", *model, *args, "trainer.epochs=1")
+    assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_a_batched_sweep_of_recurrent_nets_runs_each_job_alone(env, capsys):
+    code, out, err = cli(
+        capsys,
+        "train",
+        "-m",
+        "hydra/launcher=batched",
+        "model=rnn",
+        "data=alternating",
+        "optimizer.lr=0.01,0.001",
+        "trainer.epochs=2",
+    )
+    assert code == 0, err
+    assert out.count("final test/loss") == 2
