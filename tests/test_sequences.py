@@ -125,8 +125,11 @@ def test_sample_continues_a_series_and_writes_text(env, tmp_path, capsys):
 
 
 def test_a_text_run_resumes_mid_epoch_exactly(env, tmp_path, capsys):
+    """(With two layers, dropout between them and gradient clipping: the RNG and every
+    setting's state come back.)"""
     args = [*SMALL_TEXT, "model=lstm", "trainer.epochs=2", "trainer.max_steps_per_epoch=null"]
-    args += ["data.source.seq_length=6", "data.batch_size=512", "model.dropout=0"]
+    args += ["data.source.seq_length=6", "data.batch_size=512", "model.layers=2"]
+    args += ["model.dropout=0.2", "trainer.grad_clip=0.5"]
     whole = train(make_cfg(*args), tmp_path / "whole")
     run = tmp_path / "cut"
     with signal_at(5, signal.SIGTERM):  # epoch 1 has 10 steps
