@@ -15,6 +15,54 @@ from dlexp.cli import compose_train
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of pytest-xdist's workers, one per core:
+    # a thread pool each would oversubscribe the cores (tiny ops wait on it: the suite took
+    # 155-165 s with them, ~130 s without). The subprocesses tests start inherit the setting,
+    # so that their numbers match this process's bit for bit.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _parse_configs_once():
+    """Each composition parses every YAML file it reads again (pure-Python PyYAML: ~0.3 s of
+    a test's ~0.6 s); the suite composes ~1,000 configs from the same few hundred files. Here
+    a file's text is parsed once per process and each load gets a fresh copy of what it
+    parsed, so OmegaConf.load returns what it always would (test_presets holds composed
+    configs to their files). Tests only: dlexp composes once per command or job."""
+    import copy
+    import io
+
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf._utils import get_yaml_loader
+
+    parsed: dict[str, object] = {}
+    real = OmegaConf.load
+
+    def load(file_):
+        if isinstance(file_, str | Path):
+            with open(os.path.abspath(file_), encoding="utf-8") as f:
+                text = f.read()
+        elif getattr(file_, "read", None):
+            text = file_.read()
+        else:
+            return real(file_)
+        if text not in parsed:
+            parsed[text] = yaml.load(io.StringIO(text), Loader=get_yaml_loader())
+        return (
+            real(io.StringIO(""))
+            if parsed[text] is None
+            else OmegaConf.create(copy.deepcopy(parsed[text]))
+        )
+
+    OmegaConf.load = staticmethod(load)
+    return real
+
+
+REAL_LOAD = _parse_configs_once()  # (tests/test_presets.py holds the copy to the real loader)
+
 
 @pytest.fixture(autouse=True)
 def _root_logging():
@@ -58,9 +106,18 @@ def env(tmp_path, data_root, monkeypatch) -> dict[str, str]:
     }
 
 
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
 def make_cfg(*overrides: str) -> DictConfig:
-    """The config `dlexp train <overrides>` would run (quiet progress)."""
-    return compose_train("trainer.progress=none", *overrides)
+    """The config `dlexp train <overrides>` would run (quiet progress): composed once per
+    process for the same overrides, each caller getting its own copy (interpolations such as
+    ${oc.env:DLEXP_DATA} stay unresolved, read when used)."""
+    import copy
+
+    if overrides not in _COMPOSED:
+        _COMPOSED[overrides] = compose_train("trainer.progress=none", *overrides)
+    return copy.deepcopy(_COMPOSED[overrides])
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -224,15 +224,17 @@ def test_the_built_wheel_installs_runs_from_anywhere_and_carries_its_licences(tm
     assert wine.startswith(f"True {site}")  # the wine CSV ships inside the package
 
 
-def complete(line: str, env: dict, cwd: Path | None = None) -> list[str]:
-    """What bash offers after `eval "$(dlexp -sc install=bash)"` for `line` + Tab, each word as
-    readline inserts it (a trailing space: the word is finished)."""
-    script = (
-        'eval "$(dlexp -sc install=bash)"; '
-        f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; read -ra COMP_WORDS <<< "$COMP_LINE"; '
-        '[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=(""); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); '
-        '_dlexp_completion; printf "%s|" "${COMPREPLY[@]}"'
-    )
+def complete(lines: list[str], env: dict, cwd: Path | None = None) -> list[list[str]]:
+    """What bash offers after `eval "$(dlexp -sc install=bash)"` for each line + Tab (one bash
+    for all), each word as readline inserts it (a trailing space: the word is finished)."""
+    script = 'eval "$(dlexp -sc install=bash)"; '
+    for line in lines:
+        script += (
+            f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; read -ra COMP_WORDS <<< "$COMP_LINE"; '
+            '[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=(""); '
+            "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); "
+            '_dlexp_completion; printf "%s|" "${COMPREPLY[@]}"; echo; '
+        )
     path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     out = subprocess.run(
         ["bash", "-c", script],
@@ -243,28 +245,36 @@ def complete(line: str, env: dict, cwd: Path | None = None) -> list[str]:
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    return [w for w in out.stdout.split("|") if w]
+    return [[w for w in line.split("|") if w] for line in out.stdout.splitlines()]
 
 
 def test_shell_completion_in_a_real_bash(env, tmp_path):
-    # Hydra's words for train, a finished value with its space
-    assert {"model=cnn ", "model=ann ", "model=transfer "} <= set(
-        complete("dlexp train model=", env)
-    )
-    assert complete("dlexp train trainer.ep", env) == ["trainer.epochs="]  # no space: a value next
-    assert complete("dlexp tr", env) == ["train "]  # a command gets its space (not `trainer`)
-    # eval's keys, a run folder step by step, its checkpoint files
     run = tmp_path / "outputs" / "runs" / "ann_iris_1"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "best.pt").touch()
-    assert complete("dlexp eval ", env) == ["run=", "ckpt=", "device="]
-    assert complete("dlexp eval run=out", env, tmp_path) == ["run=outputs/"]
-    assert complete("dlexp eval run=outputs/runs/", env, tmp_path) == [
-        "run=outputs/runs/ann_iris_1/"
-    ]
-    line = "dlexp eval run=outputs/runs/ann_iris_1/checkpoints/"
-    assert complete(line, env, tmp_path) == ["run=outputs/runs/ann_iris_1/checkpoints/best.pt "]
-    assert complete("dlexp eval run=x ckpt=b", env) == ["ckpt=best "]
+    checkpoints = "dlexp eval run=outputs/runs/ann_iris_1/checkpoints/"
+    offered = complete(
+        [
+            "dlexp train model=",
+            "dlexp tr",
+            "dlexp eval ",
+            "dlexp eval run=out",
+            "dlexp eval run=outputs/runs/",
+            checkpoints,
+            "dlexp eval run=x ckpt=b",
+        ],
+        env,
+        tmp_path,
+    )
+    # Hydra's words for train, a finished value with its space
+    assert {"model=cnn ", "model=ann ", "model=transfer "} <= set(offered[0])
+    assert offered[1] == ["train "]  # a command gets its space (a second Tab: not `trainer`)
+    # eval's keys (no space: a value follows), a run folder step by step, its checkpoints
+    assert offered[2] == ["run=", "ckpt=", "device="]
+    assert offered[3] == ["run=outputs/"]
+    assert offered[4] == ["run=outputs/runs/ann_iris_1/"]
+    assert offered[5] == ["run=outputs/runs/ann_iris_1/checkpoints/best.pt "]
+    assert offered[6] == ["ckpt=best "]
 
 
 @pytest.mark.parametrize(

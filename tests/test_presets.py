@@ -70,3 +70,18 @@ def test_gan_presets_keep_their_optimizers():
     assert compose_train("experiment=dcgan_fashion").optimizer.lr == 0.0002
     # A group chosen on the command line still replaces the preset's choice.
     assert compose_train("model=gan", "optimizer.lr=0.01").optimizer.lr == 0.01
+
+
+def test_the_suites_parse_once_loader_gives_omegaconfs_configs():
+    """conftest parses each config file once per process; every load must still equal
+    OmegaConf's own, and a load must not share objects with the next."""
+    from conftest import REAL_LOAD
+
+    files = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(files) > 100
+    for path in files:
+        ours, theirs = OmegaConf.load(path), REAL_LOAD(path)
+        assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs), path
+    first = OmegaConf.load(REPO / "configs" / "model" / "ann.yaml")
+    first.hidden.append(1)
+    assert OmegaConf.load(REPO / "configs" / "model" / "ann.yaml").hidden == [64, 64]

@@ -54,7 +54,7 @@ def test_a_glob_sweep_plots_categories_apart_and_orders_its_legend(env, capsys):
         [
             "train",
             "-m",
-            "optimizer=glob(*,exclude=[adamw,lbfgs])",
+            "optimizer=glob(*,exclude=[adamw,lbfgs,rmsprop])",
             "optimizer.lr=0.01,0.001",
             "trainer.epochs=1",
             "trainer.progress=none",
@@ -69,7 +69,7 @@ def test_a_glob_sweep_plots_categories_apart_and_orders_its_legend(env, capsys):
         "optimizer.lr=0.001",
         "optimizer.lr=0.01",
     ]
-    assert all([p[0] for p in points] == ["adam", "rmsprop", "sgd"] for _, points in series)
+    assert all([p[0] for p in points] == ["adam", "sgd"] for _, points in series)
     assert (sweep / "summary.png").is_file()
 
 

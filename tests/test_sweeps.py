@@ -38,6 +38,12 @@ EXPERIMENTS = [
 
 # Files that only train another file's experiment longer: composed, not trained again.
 LONGER = {"ae_cifar10_milestone": "ae_cifar10_cnn"}
+# Code challenges that only sweep or resize a file tested in full: composed, not trained.
+CHALLENGES = {
+    "rnn_alternating_challenge": "rnn_alternating",
+    "rnn_sine_challenge": "rnn_sine",
+    "lstm_loremipsum_challenge": "lstm_loremipsum",
+}
 # Files a test of their own trains (tests/test_course_data.py, test_gans.py).
 TRAINED_ELSEWHERE = {"mnist_missing7", "mnist_normalization", "find_gauss", "gauss_feature_maps"}
 
@@ -78,6 +84,10 @@ def test_every_experiment_runs(name, env, tmp_path):
         return
     if name in TRAINED_ELSEWHERE:  # composed and checked above; trained by its own test
         return
+    if name in CHALLENGES:  # the same data and model keys as the file it varies
+        full = compose_train(f"experiment={CHALLENGES[name]}")
+        assert (full.data.name, full.model._target_) == (cfg.data.name, cfg.model._target_)
+        return
     quick = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.progress=none"]
     if name in STARTS_FROM:  # these continue another run: make that one first
         train(make_cfg(*STARTS_FROM[name], *quick), run_dir=tmp_path / "source")
@@ -91,6 +101,8 @@ def test_every_experiment_runs(name, env, tmp_path):
         quick.append("data.source.n_per_class=50")
     elif "n" in source and cfg.data.name.startswith(("gaussian_", "bars")):
         quick.append("data.source.n=100")
+    if name.startswith("lstm_loremipsum"):  # the notebook's 512 x 3 LSTM: a fraction as wide
+        quick += ["model.hidden=16", "data.eval_batch_size=4096"]
     if name.startswith("style_"):  # (AlexNet's strides need 64 px)
         quick += ["model.weights=none", "data.size=64", "data.repeat=2"]
     if not params:  # (plain values: set on the composed config, as Hydra would set them)
