@@ -72,8 +72,11 @@ def test_each_recurrent_net_learns_the_next_value_and_continues_the_series(model
         f"model={model}", "data=sine", "model.hidden=8", "model.layers=2", "data.batch_size=16"
     )
     cfg.trainer.epochs = 2
+    cfg.model.bidirectional = model == "gru"  # (its read-out takes both directions' states)
     metrics = train(cfg, tmp_path)
     assert {"test/loss", "test/corr", "test/sign_acc"} <= set(metrics)
+    weights = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert weights["out.weight"].shape == (1, 16 if model == "gru" else 8)
     numbers = json.loads((tmp_path / "extrapolation.json").read_text())
     assert set(numbers) == {"test_mse", "last_value_mse", "free_run_mse", "hold_last_mse"}
     assert numbers["test_mse"] == pytest.approx(
