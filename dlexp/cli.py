@@ -386,10 +386,14 @@ def run() -> None:
             print(exit_.code, file=sys.stderr)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `dlexp ... | head` closed its end: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, as a shell reports it
     if "joblib.externals.loky" in sys.modules:  # its worker cleanup runs at normal exit
         raise SystemExit(code)
     logging.shutdown()
-    sys.stdout.flush()
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 

@@ -364,3 +364,17 @@ def test_epoch_lines_come_about_50_times_a_run_and_the_bar_ends_full(env, capsys
     code, out, err = cli(capsys, *args, "trainer.progress=bar", "trainer.epochs=1000")
     assert code == 0, err
     assert "1000/1000" in out  # rich draws the finished bar when it stops
+
+
+def test_output_cut_short_by_a_pipe_is_no_traceback(env):
+    """`dlexp ... | head`: Python's BrokenPipeError, not a traceback, when head stops reading."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(
+        # (`true` exits at once: dlexp writes into a pipe nobody reads)
+        ["bash", "-c", "dlexp sample --help | true; echo ${PIPESTATUS[0]}"],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stderr == "" and result.stdout.strip() == "141"
