@@ -181,4 +181,5 @@ def test_a_batched_sweep_of_recurrent_nets_runs_each_job_alone(env, capsys):
         "trainer.epochs=2",
     )
     assert code == 0, err
+    assert out.count("runs alone: model Recurrent has no stacked form") == 2
     assert out.count("final test/loss") == 2
