@@ -478,7 +478,7 @@ NOT_HERE = {  # experiment: (what it needs, the course's number, its source)
     "style_alexnet": ("AlexNet's ImageNet weights", "", ""),
     "gan_gauss": ("a GPU: a full-size DCGAN for 43 epochs", "", ""),
     "gan_gauss_challenge": ("a GPU: 300 epochs of a GAN", "", ""),
-    "lstm_loremipsum": ("a GPU: 512 x 3 LSTM units, ~5 min an epoch here", "", ""),
+    "lstm_loremipsum": ("a GPU: 512 x 3 LSTM units, ~12 min an epoch here", "", ""),
 }
 
 
