@@ -284,33 +284,43 @@ def write_hparams(writer, hparams: dict[str, Any], final: dict[str, Any]) -> Non
         writer.file_writer.add_summary(summary)
 
 
-def write_experiment(sweep: Path, jobs: list[Path]) -> None:
+def write_experiment(sweep: Path, rows: list[dict[str, Any]]) -> None:
     """The sweep's HParams experiment record, in an event file of the sweep folder's own: its
     columns are the jobs' hyperparameters (the swept ones marked as differing, so they come
     first) and their metrics led by the objective, instead of what TensorBoard infers without
     one (every scalar tag in alphabetical order, the objective among them). TensorBoard reads
-    one such record per logdir: pointed at a folder of several sweeps it uses one sweep's."""
-    import json
+    one such record per logdir: pointed at a folder of several sweeps it uses one sweep's.
 
+    `rows` are dlexp.report.collect's (each job's folder, overrides and final metrics). Jobs
+    differ only by their overrides: the first finished job's config gives every column and
+    its type, the others' overrides their values (a 1,000-job sweep reads one config)."""
+    import yaml
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    values: dict[str, list[Any]] = {}
-    metrics: list[str] = []
-    for job in jobs:
-        config, metrics_file = job / ".hydra" / "config.yaml", job / "metrics.json"
-        if not (config.is_file() and metrics_file.is_file()):
-            continue  # a job that never started or is still running
-        for key, value in hparams_of(OmegaConf.load(config), job).items():
-            values.setdefault(key, []).append(value)
-        final = json.loads(metrics_file.read_text())
-        scores = [k for k in final if k.startswith(("val/", "test/", "train/"))]
-        monitor = final.get("monitor")
-        order = {"val": 0, "test": 1, "train": 2}
-        for key in sorted(scores, key=lambda k: (k != monitor, order[k.split("/")[0]])):
-            if key not in metrics:
-                metrics.append(key)
+    done = [r for r in rows if r["status"] != "running" and (r["folder"] / ".hydra").is_dir()]
+    if not done:
+        return
+    first = done[0]["folder"]
+    base = hparams_of(OmegaConf.load(first / ".hydra" / "config.yaml"), first)
+
+    def typed(key: str, text: str) -> Any:  # as the config types it (yaml reads 1e-3 as text)
+        kind = type(base.get(key, ""))
+        try:
+            return kind(text) if kind in (int, float) else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError):
+            return text
+
+    values: dict[str, list[Any]] = {k: [] for k in base}
+    for row in done:
+        job = {**base, **{k: typed(k, v) for k, v in row["overrides"].items() if k in base}}
+        for key, value in job.items():
+            values[key].append(value)
+    order = {"val": 0, "test": 1, "train": 2}
+    scores = dict.fromkeys(k for r in done for k in r if k.startswith(("val/", "test/", "train/")))
+    monitor = done[0].get("monitor")
+    metrics = sorted(scores, key=lambda k: (k != monitor, order[k.split("/")[0]]))
     if not values:
         return
     kinds = {str: api_pb2.DATA_TYPE_STRING, bool: api_pb2.DATA_TYPE_BOOL}
@@ -318,7 +328,7 @@ def write_experiment(sweep: Path, jobs: list[Path]) -> None:
         api_pb2.HParamInfo(
             name=key,
             type=kinds.get(type(seen[0]), api_pb2.DATA_TYPE_FLOAT64),
-            differs=len({repr(v) for v in seen}) > 1 or len(seen) < len(jobs),
+            differs=len({repr(v) for v in seen}) > 1,
         )
         for key, seen in values.items()
     ]

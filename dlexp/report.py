@@ -451,4 +451,4 @@ class SweepSummary(Callback):
         SweepSummary.failed = (sum(r["status"] == "failed" for r in rows), len(rows))
         from dlexp.record import write_experiment
 
-        write_experiment(SweepSummary.folder, [r["folder"] for r in rows])
+        write_experiment(SweepSummary.folder, rows)
