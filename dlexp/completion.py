@@ -103,7 +103,7 @@ def _paths(typed: str, kind: object) -> list[str]:
     """Folders (with their "/", to go on into them) and, for a run, its checkpoint files; for
     kind "file", any file."""
     folder, _, start = typed.rpartition("/")
-    where = Path(folder or ".").expanduser() if folder or not typed.startswith("/") else Path("/")
+    where = Path(folder).expanduser() if folder else Path("/" if typed.startswith("/") else ".")
     if not where.is_dir():
         return []
     out = []
