@@ -118,6 +118,6 @@ def generate_text(
 def frequency_loss(train_y: torch.Tensor, y: torch.Tensor, classes: int) -> float:
     """The cross-entropy of predicting every character by its frequency in the training text
     (add-one smoothed): the loss a net that learned nothing of the order would reach."""
-    counts = np.bincount(train_y.cpu().numpy(), minlength=classes) + 1.0
+    counts = np.bincount(train_y.cpu().numpy().ravel(), minlength=classes) + 1.0
     logp = np.log(counts / counts.sum())
     return float(-logp[y.cpu().numpy()].mean()) if len(y) else math.nan

@@ -54,6 +54,22 @@ def test_windows_follow_the_series_and_the_test_split_is_its_future():
     assert decoded == LOREM.read_text().lower()[:80]  # the notebook's text, lower-cased
 
 
+def test_a_text_scored_at_every_position_keeps_the_held_out_targets_unseen():
+    """data=text's windows are labelled with the window shifted by one (the notebook's
+    targets); the 79 windows before each held-out part are dropped, whose targets would be
+    that part's."""
+    data = load_data(make_cfg("data=text").data, 0)
+    series, n = data.meta.series, len(data.train)
+    assert data.train.y.shape == (n, 80) and data.meta.num_targets == 80
+    assert torch.equal(data.train.y[:, :-1], data.train.x[:, 1:])
+    assert torch.equal(data.train.y[-1], series[n : n + 80])  # its last target: n + 79
+    assert torch.equal(data.val.x[0], series[n + 79 : n + 159])  # the first val target: n + 80
+    assert (n, len(data.val), len(data.test)) == (4490, 508, 573)  # 5,729 windows, 2 x 79 dropped
+    assert len(series) - 80 == 5729
+    one = load_data(make_cfg("data=text", "data.source.every_step=false").data, 0)
+    assert one.train.y.shape == (4640,) and one.meta.num_targets == 1  # 5,729 - 573 - 516
+
+
 def test_a_character_name_round_trips():
     for c in "a ,.;é\t":
         assert char_of(char_name(c)) == c
@@ -101,9 +117,16 @@ def test_the_sine_notebook_learns_below_the_last_value(env, tmp_path):
     assert metrics["test/loss"] < 0.5 * numbers["last_value_mse"]
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
-def test_each_recurrent_net_predicts_the_next_character(model, small_text, env, tmp_path):
-    metrics = train(make_cfg(f"model={model}", *small_text), tmp_path / "run")
+@pytest.mark.parametrize(
+    ("model", "more"),
+    [
+        ("rnn", []),
+        ("lstm", []),
+        ("gru", ["data.source.every_step=false", "model.bidirectional=true"]),  # many-to-one
+    ],
+)
+def test_each_recurrent_net_predicts_the_next_character(model, more, small_text, env, tmp_path):
+    metrics = train(make_cfg(f"model={model}", *small_text, *more), tmp_path / "run")
     assert {"test/loss", "test/acc", "test/f1/space"} <= set(metrics)
     run = tmp_path / "run"
     text = (run / "samples.txt").read_text()
@@ -111,6 +134,25 @@ def test_each_recurrent_net_predicts_the_next_character(model, small_text, env, 
     baseline = json.loads((run / "generation.json").read_text())
     assert 1.5 < baseline["val_frequency_loss"] < 2.4  # below a uniform guess's ln(11)
     assert "test/samples/text_summary" in read_tags(run)["tensors"]  # TensorBoard's text
+
+
+def test_every_position_is_scored_as_torchs_cross_entropy(small_text, env, tmp_path):
+    """The notebook's loss: nn.CrossEntropyLoss over every position of each window."""
+    from dlexp import load
+
+    metrics = train(make_cfg("model=lstm", *small_text, "trainer.epochs=1"), tmp_path)
+    run = load(tmp_path)
+    data, model = run.data(), run.model()
+    x, y = data.test.x, data.test.y
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (len(x), 12, 11) and y.shape == (len(x), 12)
+    expected = torch.nn.CrossEntropyLoss()(out.movedim(-1, 1), y)
+    assert metrics["test/loss"] == pytest.approx(expected.item(), rel=1e-5)
+    accuracy = (out.argmax(-1) == y).double().mean().item()
+    assert metrics["test/acc"] == pytest.approx(accuracy, rel=1e-6)
+    recall = ((out.argmax(-1) == y) & (y == 10)).sum() / (y == 10).sum()  # "t": the last class
+    assert metrics["test/recall/t"] == pytest.approx(recall.item(), rel=1e-6)
 
 
 def test_sample_continues_a_series_and_writes_text(small_text, env, tmp_path, capsys):
@@ -127,10 +169,10 @@ def test_sample_continues_a_series_and_writes_text(small_text, env, tmp_path, ca
     args = ["sample", f"run={tmp_path / 't'}", "prompt=the c", "n=30", f"out={tmp_path / 'a.txt'}"]
     code, out_text, err = cli(capsys, *args, "temperature=0")
     assert code == 0, err
-    greedy = (tmp_path / "a.txt").read_text().strip()
+    greedy = (tmp_path / "a.txt").read_text().rstrip("\n")
     assert greedy.startswith("the c") and len(greedy) == 35 and greedy in out_text
     assert cli(capsys, *args, "temperature=0")[0] == 0  # the most likely: the same again
-    assert (tmp_path / "a.txt").read_text().strip() == greedy
+    assert (tmp_path / "a.txt").read_text().rstrip("\n") == greedy
     code, _, err = cli(capsys, "sample", f"run={tmp_path / 't'}", "prompt=The!")
     assert code == 2 and "['!', 'T']" in err and "not in the training text" in err
 
@@ -161,6 +203,9 @@ def test_a_text_run_resumes_mid_epoch_exactly(small_text, env, tmp_path, capsys)
         (["model=rnn", "data=sine", "model.cell=transformer"], "use rnn, lstm or gru"),
         (["data=alternating", "data.source.pattern=+x"], "a pattern of + and -"),
         (["data=text", "data.source.path=/nope.txt"], "no such text file"),  # (checked first)
+        (["model=lstm", "data=text", "model.every_step=false"], "set the two alike"),
+        (["model=gru", "data=text", "model.bidirectional=true"], "the characters it is to"),
+        (["model=rnn", "data=sine", "model.every_step=true"], "set model.every_step=false"),
     ],
 )
 def test_bad_sequence_settings_get_one_paragraph(args, expected, env, capsys):

@@ -22,7 +22,9 @@ class DataMeta:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     class_weights: tuple[float, ...] = ()  # data.balance=class_weight: the loss's class weights
-    num_targets: int = 1  # regression: values per sample (findGauss: x, y and width)
+    # Targets per sample: regression values (findGauss: x, y and width), or a text's next
+    # characters when every step of a window is scored (data.source.every_step).
+    num_targets: int = 1
     series: torch.Tensor | None = None  # sequences: the whole series or text, for generation
 
 

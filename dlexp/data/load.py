@@ -74,10 +74,13 @@ def _split(
     y: torch.Tensor, fraction: float, seed: int, stratify: bool, ordered: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (kept, held out), round(fraction * n) held out, each class in proportion; or,
-    `ordered` (a time series), the last ones held out and the rest kept in order."""
+    `ordered` (a time series), the last ones held out and the rest kept in order, less the
+    windows whose targets (every step of a window: y is (n, steps)) reach into the held-out
+    ones' targets."""
     if ordered:
         n_keep = len(y) - round(fraction * len(y))
-        return torch.arange(n_keep), torch.arange(n_keep, len(y))
+        overlap = y.shape[1] - 1 if y.dim() == 2 else 0
+        return torch.arange(max(n_keep - overlap, 0)), torch.arange(n_keep, len(y))
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=gen)
     order = perm

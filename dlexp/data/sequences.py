@@ -1,10 +1,13 @@
 """Sequences (the course's RNN section): a series or a text cut into windows of `seq_length`
-items, each labelled with the item that follows it (many-to-one, as the notebooks train).
+items, each labelled with the item that follows it (many-to-one), or a text's windows labelled
+with the character after each position (`every_step`: the window shifted by one, as
+DUDL_RNN_loremipsum trains).
 
 A window's x is (seq_length, 1) floats for a series and (seq_length,) character indices for a
-text; y is the next value (regression) or the next character (classification over the text's
-characters). The windows stay in time order; `data.ordered: true` makes the held-out splits the
-last windows. The whole series is kept in the metadata (`DataMeta.series`), for generation.
+text; y is the next value (regression), the next character or the (seq_length,) next
+characters (classification over the text's characters). The windows stay in time order;
+`data.ordered: true` makes the held-out splits the last windows. The whole series is kept in
+the metadata (`DataMeta.series`), for generation.
 """
 
 from __future__ import annotations
@@ -91,10 +94,13 @@ def sine(
     return _series("sine", values, seq_length)
 
 
-def text(path: str | None = None, seq_length: int = 80, lower: bool = True) -> Raw:
+def text(
+    path: str | None = None, seq_length: int = 80, lower: bool = True, every_step: bool = True
+) -> Raw:
     """A text file's characters (default: the course's lorem ipsum), each window of
-    `seq_length` characters labelled with the next one; classes are the text's characters in
-    sorted order."""
+    `seq_length` characters labelled with the character after each of its positions
+    (`every_step`: targets (seq_length,), `num_targets` of them) or after its last one;
+    classes are the text's characters in sorted order."""
     file = Path(path).expanduser() if path else LOREM
     if not file.is_file():
         raise DlexpError(
@@ -108,5 +114,9 @@ def text(path: str | None = None, seq_length: int = 80, lower: bool = True) -> R
     index = {c: i for i, c in enumerate(chars)}
     series = torch.tensor([index[c] for c in content], dtype=torch.long)
     split = windows(series, seq_length, "text")
+    if every_step:
+        split = Split(split.x, series.unfold(0, seq_length, 1)[1:].contiguous())
     names = [char_name(c) for c in chars]  # "space", "comma": usable in metric tags
-    return Raw(split, None, DataMeta("text", "sequence", (seq_length,), len(chars), names, series=series))
+    meta = DataMeta("text", "sequence", (seq_length,), len(chars), names, series=series)
+    meta.num_targets = seq_length if every_step else 1
+    return Raw(split, None, meta)

@@ -33,7 +33,8 @@ def build_model(
 ) -> nn.Module:
     """Instantiate the `model` config for this data's input shape and `num_outputs` outputs;
     `start_from` is (checkpoint, its model's weights) for `model.init_from` (see load_run)."""
-    node = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NOT_ARGUMENTS])
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # (against the whole config: data.*)
+    node = OmegaConf.create({k: v for k, v in resolved.items() if k not in NOT_ARGUMENTS})
     try:
         model = instantiate(node, input_shape=tuple(meta.input_shape), num_outputs=num_outputs)
     except Exception as err:  # (instantiate wraps what the constructor raised)

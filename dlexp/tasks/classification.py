@@ -34,6 +34,9 @@ class Classification(Task):
         self.num_classes = num_classes
         self.class_names = meta.class_names
         self.num_outputs = 1 if self.binary else num_classes
+        # A text scored at every step (data.source.every_step): targets (batch, steps), outputs
+        # (batch, steps, classes); metrics are means over every position.
+        self.steps = meta.num_targets if meta.num_targets > 1 else 0
         # The default losses (with data.balance=class_weight's weights) are computed per
         # sample, so that one definition serves a single run and a stacked group (outputs with
         # a leading job dimension); a `loss` config's module is called as it is.
@@ -53,14 +56,22 @@ class Classification(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean loss over the batch (the last dimension of y): BCE-with-logits for one
         logit, cross-entropy for more, class-weighted as torch weighs them."""
+        if out.dim() != y.dim() + 1:
+            raise DlexpError(
+                f"the model's outputs {tuple(out.shape)} do not fit the targets "
+                f"{tuple(y.shape)}: a text scored at every position (data.source.every_step=true) "
+                "needs a read-out at every step (model.every_step=true), one scored after each "
+                "window needs model.every_step=false; set the two alike (model=rnn|lstm|gru "
+                "follow the data unless set)."
+            )
         if self.loss_fn is not None:  # (as nn's losses take them; buffers on out's device)
             if out.device != self._loss_device:
                 self.loss_fn.to(out.device)
                 self._loss_device = out.device
             return (
-                self.loss_fn(out.squeeze(1), y.to(out.dtype))
+                self.loss_fn(out.squeeze(-1), y.to(out.dtype))
                 if self.binary
-                else self.loss_fn(out, y)
+                else self.loss_fn(out.movedim(-1, 1) if self.steps else out, y)
             )
         w = self.weights
         if w is not None and w.device != out.device:
@@ -70,9 +81,11 @@ class Classification(Task):
             each = F.binary_cross_entropy_with_logits(
                 out.squeeze(-1), y.to(out.dtype), pos_weight=pos, reduction="none"
             )
-            return each.mean(-1)
+            return (each.flatten(-2) if self.steps else each).mean(-1)
         logits = out.movedim(-1, 1) if out.dim() > 2 else out  # (jobs, C, batch)
         each = F.cross_entropy(logits, y, weight=w, reduction="none")
+        if self.steps:  # one mean over every position
+            each, y = each.flatten(-2), y.flatten(-2)
         if w is None:
             return each.mean(-1)
         return each.sum(-1) / w[y].sum(-1)  # torch's weighted mean
@@ -80,10 +93,14 @@ class Classification(Task):
     def sums(self, out, y, loss, inputs) -> dict[str, torch.Tensor]:
         if out.requires_grad:  # (a detach costs as much as a small op: only where needed)
             out, loss = out.detach(), loss.detach()
-        return {
-            "loss": loss.float() * y.shape[-1],
-            "acc": (self.predict(out) == y).sum(-1, dtype=torch.float32),
-        }
+        correct = self.predict(out) == y
+        if self.steps:  # per window, the share of its positions right
+            correct = correct.flatten(-2)
+            return {
+                "loss": loss.float() * y.shape[-2],
+                "acc": correct.sum(-1, dtype=torch.float32) / self.steps,
+            }
+        return {"loss": loss.float() * y.shape[-1], "acc": correct.sum(-1, dtype=torch.float32)}
 
     def probabilities(self, out: torch.Tensor) -> torch.Tensor:
         """(N, C) class probabilities (two columns for one logit)."""
@@ -92,11 +109,16 @@ class Classification(Task):
             return torch.stack([1 - p, p], 1)
         return torch.softmax(out.float(), 1)
 
+    def flat(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs (N, C) and targets (N,): a text's every position as one sample."""
+        return (outputs.flatten(0, -2), y.flatten()) if self.steps else (outputs, y)
+
     def test_metrics(self, outputs, targets) -> dict[str, float]:
         """Precision, recall and F1 per class with their macro and weighted means (and ROC-AUC
         for two classes), from the test split's outputs: scikit-learn's definitions (a class
         never predicted has precision 0), computed from the confusion matrix (scikit-learn's
         functions take ~10 ms each; a stacked sweep scores thousands of runs)."""
+        outputs, targets = self.flat(outputs, targets)
         y, pred = targets.cpu().numpy(), self.predict(outputs).cpu().numpy()
         n = self.num_classes
         cm = np.bincount(y * n + pred, minlength=n * n).reshape(n, n).astype(float)
@@ -144,12 +166,13 @@ class Classification(Task):
             return
         if data.meta.series is not None and hasattr(model, "step"):
             self._text_report(writer, model, data, step, run_dir)
-        probs, y = self.probabilities(outputs).cpu(), data.test.y.cpu()
+        outputs, y = self.flat(outputs, data.test.y)
+        probs, y = self.probabilities(outputs).cpu(), y.cpu()
         for c, name in enumerate(self.class_names or range(self.num_classes)):
             tag = f"test/pr_curve/{str(name).replace('/', '-')}"
             writer.add_pr_curve(tag, (y == c).int(), probs[:, c], step)
         n = self.num_classes
-        pairs = data.test.y.cpu() * n + self.predict(outputs).cpu()
+        pairs = y * n + self.predict(outputs).cpu()
         cm = torch.bincount(pairs, minlength=n * n).view(n, n)
         import io
 
