@@ -136,8 +136,9 @@ def test_each_recurrent_net_predicts_the_next_character(model, more, small_text,
     assert "test/samples/text_summary" in read_tags(run)["tensors"]  # TensorBoard's text
 
 
-def test_every_position_is_scored_as_torchs_cross_entropy(small_text, env, tmp_path):
-    """The notebook's loss: nn.CrossEntropyLoss over every position of each window."""
+def test_every_position_is_scored_as_torchs_cross_entropy(small_text, env, tmp_path, capsys):
+    """The notebook's loss: nn.CrossEntropyLoss over every position of each window (in
+    training and in `dlexp eval`)."""
     from dlexp import load
 
     metrics = train(make_cfg("model=lstm", *small_text, "trainer.epochs=1"), tmp_path)
@@ -153,6 +154,8 @@ def test_every_position_is_scored_as_torchs_cross_entropy(small_text, env, tmp_p
     assert metrics["test/acc"] == pytest.approx(accuracy, rel=1e-6)
     recall = ((out.argmax(-1) == y) & (y == 10)).sum() / (y == 10).sum()  # "t": the last class
     assert metrics["test/recall/t"] == pytest.approx(recall.item(), rel=1e-6)
+    code, out, err = cli(capsys, "eval", f"run={tmp_path}")
+    assert code == 0 and f"test/loss {metrics['test/loss']:.4f}  test/acc" in out, err
 
 
 def test_sample_continues_a_series_and_writes_text(small_text, env, tmp_path, capsys):
